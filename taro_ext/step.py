@@ -1,0 +1,260 @@
+"""The public decode-step API: ``taro_step``, ``genarm_step``, ``available_backends``.
+
+Validation that costs no device synchronisation (shapes, dtypes, devices, router
+layout) always runs; checks that read values (NaN, rows with no finite logit,
+``uniform`` range) run when ``check_inputs=True`` and can be turned off for CUDA-graph
+capture and ``torch.compile``.
+"""
+from __future__ import annotations
+
+import os
+from typing import NamedTuple, Optional
+
+import torch
+
+from . import reference
+from .router import FullLogitsRouter, TopKRouter, _RouterBase
+
+BACKENDS = ("torch", "cpu", "triton", "cuda")
+_LOGITS_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+class StepResult(NamedTuple):
+    tokens: torch.Tensor  # [B] int64
+    alpha: torch.Tensor  # [B] fp32
+    token_logprobs: torch.Tensor  # [B] fp32, log-prob of the chosen token
+    logprobs: Optional[torch.Tensor]  # [B, V] fp32 when return_logprobs, else None
+
+
+def _native():
+    """The compiled extension, or None when it was not built."""
+    try:
+        from . import _C  # noqa: F401  (importing registers torch.ops.taro_ext.fused_step)
+    except ImportError:
+        return None
+    return _C
+
+
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def available_backends(device: str | torch.device | None = None) -> list[str]:
+    """Backends that can run here; with ``device``, those that run on tensors of that device.
+
+    ``torch`` (the reference) always; ``cpu`` when the extension is built; ``cuda`` when it
+    was compiled with nvcc and a GPU is visible; ``triton`` with a GPU, or on CPU tensors
+    under the Triton interpreter (``TRITON_INTERPRET=1``, for testing).
+    """
+    native = _native()
+    has_gpu = torch.cuda.is_available()
+    interp = os.environ.get("TRITON_INTERPRET") == "1"
+    kind = None if device is None else torch.device(device).type
+    out = ["torch"]
+    if native is not None and kind in (None, "cpu"):
+        out.append("cpu")
+    if _triton_available() and ((has_gpu and kind in (None, "cuda")) or (interp and kind in (None, "cpu"))):
+        out.append("triton")
+    if native is not None and native.compiled_with_cuda and has_gpu and kind in (None, "cuda"):
+        out.append("cuda")
+    return out
+
+
+def _pick_backend(backend: str, device: torch.device, design: str) -> str:
+    if backend not in ("auto",) + BACKENDS:
+        raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {backend!r}")
+    if design == "full":
+        if backend not in ("auto", "torch"):
+            raise ValueError(f"backend={backend!r}: the full-logits router runs only on backend='torch'")
+        return "torch"
+    usable = available_backends(device)
+    if backend == "auto":
+        preference = ("cuda", "triton", "torch") if device.type == "cuda" else ("cpu", "torch")
+        return next(b for b in preference if b in usable)
+    if backend not in usable:
+        raise ValueError(f"backend={backend!r} cannot run on {device.type} tensors here "
+                         f"(available: {usable})")
+    return backend
+
+
+def _check_logits(base_logits, reward_logits, vocab_size):
+    for name, t in (("base_logits", base_logits), ("reward_logits", reward_logits)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 2:
+            raise ValueError(f"{name} must be 2-D [B, V], got shape {tuple(t.shape)}")
+        if t.dtype not in _LOGITS_DTYPES:
+            raise TypeError(f"{name} must be float32, bfloat16 or float16, got {t.dtype}")
+        if t.shape[1] > 1 and t.stride(1) != 1:
+            raise ValueError(f"{name} rows must be contiguous in the last dim (stride(1) == 1)")
+        if t.shape[1] < vocab_size:
+            raise ValueError(f"{name} has width {t.shape[1]}, below vocab_size={vocab_size}")
+    if base_logits.shape[0] != reward_logits.shape[0]:
+        raise ValueError(f"base_logits and reward_logits batch sizes differ: "
+                         f"{base_logits.shape[0]} vs {reward_logits.shape[0]}")
+    if base_logits.device != reward_logits.device:
+        raise ValueError(f"base_logits and reward_logits are on different devices: "
+                         f"{base_logits.device} vs {reward_logits.device}")
+    if base_logits.shape[0] == 0:
+        raise ValueError("base_logits has batch size 0")
+
+
+def _check_sampling(temperature, uniform, batch, device):
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise TypeError(f"temperature must be a float, got {type(temperature).__name__}")
+    if not temperature >= 0 or temperature == float("inf"):
+        raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
+    if temperature == 0:
+        return None
+    if uniform is None:
+        raise ValueError("uniform is required when temperature > 0 (draw it with your torch.Generator)")
+    if not isinstance(uniform, torch.Tensor):
+        raise TypeError(f"uniform must be a torch.Tensor, got {type(uniform).__name__}")
+    if uniform.shape != (batch,):
+        raise ValueError(f"uniform must have shape ({batch},), got {tuple(uniform.shape)}")
+    if uniform.device != device:
+        raise ValueError(f"uniform is on {uniform.device}, the logits on {device}")
+    if not uniform.is_floating_point():
+        raise TypeError(f"uniform must be a floating tensor, got {uniform.dtype}")
+    return uniform.to(torch.float32).contiguous()
+
+
+def _check_router(router, vocab_size, device):
+    if not isinstance(router, _RouterBase):
+        raise TypeError(f"router must be a TopKRouter or FullLogitsRouter, got {type(router).__name__}")
+    if vocab_size > router.vocab_size:
+        raise ValueError(f"vocab_size={vocab_size} exceeds the router's vocab_size={router.vocab_size}")
+    if isinstance(router, TopKRouter) and router.k > vocab_size:
+        raise ValueError(f"the router's k={router.k} exceeds vocab_size={vocab_size}")
+    expected_in = _router_in_features(router, vocab_size)
+    shapes = {"w1": (router.hidden, expected_in), "b1": (router.hidden,), "w2": (router.hidden,), "b2": ()}
+    if isinstance(router, TopKRouter):
+        shapes["embed"] = (router.vocab_size, router.embed_dim)
+    for name, shape in shapes.items():
+        p = getattr(router, name)
+        if tuple(p.shape) != shape:
+            raise ValueError(f"router.{name} has shape {tuple(p.shape)}, expected {shape}")
+        allowed = (torch.float32, torch.bfloat16) if name == "embed" else (torch.float32,)
+        if p.dtype not in allowed:
+            raise TypeError(f"router.{name} must be {' or '.join(map(str, allowed))}, got {p.dtype}")
+        if p.device != device:
+            raise ValueError(f"router.{name} is on {p.device}, the logits on {device}")
+
+
+def _router_in_features(router, vocab_size):
+    if isinstance(router, TopKRouter):
+        return 2 * router.k + 2 + 2 * router.k * router.embed_dim
+    # The full-logits router's input is both rows over the router's vocabulary.
+    if vocab_size != router.vocab_size:
+        raise ValueError(f"vocab_size={vocab_size} must equal the full-logits router's "
+                         f"vocab_size={router.vocab_size}")
+    return 2 * router.vocab_size
+
+
+def _check_values(base_logits, reward_logits, vocab_size, uniform, mixes_reward):
+    """Checks that read tensor values (one device sync each); skipped with check_inputs=False."""
+    finite = {}
+    for name, t in (("base_logits", base_logits), ("reward_logits", reward_logits)):
+        row = t[:, :vocab_size]
+        if torch.isnan(row).any():
+            raise ValueError(f"{name} contains NaN")
+        if (row == float("inf")).any():
+            raise ValueError(f"{name} contains +inf")
+        finite[name] = torch.isfinite(row)
+        if not finite[name].any(dim=-1).all():
+            raise ValueError(f"{name} has a row with no finite logit in its first {vocab_size} columns")
+    if mixes_reward and not (finite["base_logits"] & finite["reward_logits"]).any(dim=-1).all():
+        raise ValueError("base_logits and reward_logits have a row where no token is finite in both "
+                         "(the mixed score would be -inf everywhere)")
+    if uniform is not None and not ((uniform >= 0) & (uniform < 1)).all():
+        raise ValueError("uniform must lie in [0, 1)")
+
+
+def _run(base_logits, reward_logits, router, *, temperature, uniform, vocab_size, alpha_override,
+         return_logprobs, check_inputs, backend) -> StepResult:
+    if vocab_size is None:
+        if router is None:
+            raise ValueError("vocab_size is required when no router is given")
+        vocab_size = router.vocab_size
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
+        raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
+    _check_logits(base_logits, reward_logits, vocab_size)
+    device = base_logits.device
+    batch = base_logits.shape[0]
+    uniform = _check_sampling(temperature, uniform, batch, device)
+    if alpha_override is not None:
+        if isinstance(alpha_override, bool) or not isinstance(alpha_override, (int, float)):
+            raise TypeError(f"alpha_override must be a float, got {type(alpha_override).__name__}")
+        if not (alpha_override >= 0 and alpha_override != float("inf")):
+            raise ValueError(f"alpha_override must be finite and >= 0, got {alpha_override}")
+        alpha_override = float(alpha_override)
+    elif router is None:
+        raise ValueError("router is required unless alpha_override is given")
+    if router is not None and alpha_override is None:
+        _check_router(router, vocab_size, device)
+    design = router.design if (router is not None and alpha_override is None) else "topk"
+    chosen = _pick_backend(backend, device, design)
+    if check_inputs:
+        mixes = alpha_override is None or alpha_override > 0
+        _check_values(base_logits, reward_logits, vocab_size, uniform, mixes)
+    if base_logits.dtype != reward_logits.dtype:
+        # The kernels read one dtype for both rows; promote both to fp32 (the math is fp32 anyway).
+        base_logits, reward_logits = base_logits.float(), reward_logits.float()
+
+    weights = None
+    if router is not None and alpha_override is None:
+        # The step is inference: never build an autograd graph through the router here.
+        weights = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in router.weights().items()}
+    if chosen == "torch":
+        k = router.k if isinstance(router, TopKRouter) else None
+        out = reference.reference_step(
+            base_logits, reward_logits, vocab_size=vocab_size, k=k, router_weights=weights,
+            design=design, alpha_override=alpha_override, temperature=float(temperature),
+            uniform=uniform, return_logprobs=return_logprobs)
+        return StepResult(*out)
+    from .ops import fused_step
+
+    return StepResult(*fused_step(chosen, base_logits, reward_logits, weights,
+                                  k=router.k if weights is not None else 1, vocab_size=vocab_size,
+                                  temperature=float(temperature), uniform=uniform,
+                                  alpha_override=alpha_override, return_logprobs=return_logprobs))
+
+
+def taro_step(base_logits: torch.Tensor, reward_logits: torch.Tensor, router, *, temperature: float = 0.0,
+              uniform: Optional[torch.Tensor] = None, vocab_size: Optional[int] = None,
+              alpha_override: Optional[float] = None, return_logprobs: bool = False,
+              check_inputs: bool = True, backend: str = "auto") -> StepResult:
+    """One TARo decode step (``../shared/TARO_SPEC.md``) over a batch of logits rows.
+
+    ``router`` is a ``TopKRouter`` (any backend) or ``FullLogitsRouter`` (backend ``torch``);
+    it may be None when ``alpha_override`` is given. ``uniform`` [B] in [0, 1) is required
+    when ``temperature > 0``. Returns ``StepResult(tokens, alpha, token_logprobs, logprobs)``.
+    """
+    return _run(base_logits, reward_logits, router, temperature=temperature, uniform=uniform,
+                vocab_size=vocab_size, alpha_override=alpha_override, return_logprobs=return_logprobs,
+                check_inputs=check_inputs, backend=backend)
+
+
+def genarm_step(base_logits: torch.Tensor, reward_logits: torch.Tensor, alpha: float, *,
+                vocab_size: Optional[int] = None, temperature: float = 0.0,
+                uniform: Optional[torch.Tensor] = None, return_logprobs: bool = False,
+                check_inputs: bool = True, backend: str = "auto") -> StepResult:
+    """GenARM's step with one fixed ``alpha``: ``softmax((lp_b + alpha lp_r) / T)``.
+
+    ``vocab_size`` defaults to the width of the narrower logits tensor.
+    """
+    if alpha is None:
+        raise ValueError("alpha is required for genarm_step")
+    if vocab_size is None and isinstance(base_logits, torch.Tensor) and isinstance(reward_logits, torch.Tensor):
+        vocab_size = min(base_logits.shape[-1], reward_logits.shape[-1])
+    return _run(base_logits, reward_logits, None, temperature=temperature, uniform=uniform,
+                vocab_size=vocab_size, alpha_override=alpha, return_logprobs=return_logprobs,
+                check_inputs=check_inputs, backend=backend)
+
+
+__all__ = ["StepResult", "taro_step", "genarm_step", "available_backends", "BACKENDS",
+           "TopKRouter", "FullLogitsRouter"]
