@@ -124,8 +124,6 @@ def _check_sampling(temperature, uniform, batch, device):
 
 
 def _check_router(router, vocab_size, device):
-    if not isinstance(router, _RouterBase):
-        raise TypeError(f"router must be a TopKRouter or FullLogitsRouter, got {type(router).__name__}")
     if vocab_size > router.vocab_size:
         raise ValueError(f"vocab_size={vocab_size} exceeds the router's vocab_size={router.vocab_size}")
     if isinstance(router, TopKRouter) and router.k > vocab_size:
@@ -176,9 +174,12 @@ def _check_values(base_logits, reward_logits, vocab_size, uniform, mixes_reward)
 
 def _run(base_logits, reward_logits, router, *, temperature, uniform, vocab_size, alpha_override,
          return_logprobs, check_inputs, backend) -> StepResult:
+    if router is not None and not isinstance(router, _RouterBase):
+        raise TypeError(f"router must be a TopKRouter or FullLogitsRouter, got {type(router).__name__}")
     if vocab_size is None:
         if router is None:
-            raise ValueError("vocab_size is required when no router is given")
+            raise ValueError("router is required unless alpha_override is given (and then vocab_size too)"
+                             if alpha_override is None else "vocab_size is required when no router is given")
         vocab_size = router.vocab_size
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
         raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
