@@ -1,0 +1,580 @@
+// The fused TARo step kernel (../shared/TARO_SPEC.md): one cooperative launch.
+// Instantiated per logits dtype in taro_step_cuda_{f32,bf16,f16}.cu; the host side is
+// taro_step_cuda.cu.
+//
+// Launch shape. Each logits row is cut into S slices of 16-byte slots; the grid is
+// min(B * S, resident CTAs) CTAs of 256 threads, launched cooperatively so that every
+// CTA is resident and cooperative_groups' grid.sync() can separate the phases (no -rdc
+// needed since CUDA 11; the barrier state is the driver's, so the workspace needs no
+// zeroing and no counters). CTAs loop over (row, slice) items, so any B works.
+// S = min(resident / B, slots / 64) clamped to [1, 1024]: a small batch is spread over
+// the whole GPU, a large one gets S = 1.
+//
+// Phases (grid.sync between them):
+//  1. per (row, slice): online (max, sum exp, entropy term) of both rows and the
+//     slice's top-K of both rows (threshold filter + shared-memory merge) -> workspace.
+//  2. per row (router only): merge the S partials -> log-normalisers, entropies and
+//     both top-K lists; index-embedding gather and router MLP -> alpha.
+//  3. per (row, slice): merge the S entropy partials again (every CTA of a row computes
+//     the same log-normalisers bit for bit); slice partials of the mixed score
+//     z = s / T (or s): max, sum exp(z - max), argmax (lowest id).
+//  4. per (row, slice): merge the S score partials -> (M, total); the slice-0 CTA writes
+//     the greedy token; for sampling, every CTA finds the slice whose CDF range holds
+//     u * total (a warp scan over the slice weights, bit-identical in every CTA) and that
+//     one CTA scans its slice; with logprobs every CTA writes its slice of z - log-sum-exp.
+// Every value a CTA reads from another CTA crosses a grid.sync and is read with
+// ld.global.cg; nothing is accumulated across CTAs with atomics, so the step is
+// deterministic run to run (and a CUDA-graph replay gives the eager tokens).
+#pragma once
+
+#include <cooperative_groups.h>
+
+#include "../taro_step.h"
+#include "block_primitives.cuh"
+#include "taro_step_cuda.h"
+
+namespace taro {
+namespace cuda_detail {
+
+namespace cg = cooperative_groups;
+
+constexpr int kMinSlotsPerSlice = 64;
+constexpr int kMaxSlices = 1024;  // <= kCandidates: phase 2's early exit needs tiles >= S entries
+static_assert(kMaxSlices <= kCandidates, "a phase-2 tile must cover every slice list once");
+static_assert(kCudaMaxRouterInputs * sizeof(float) <= 2 * kCandidates * sizeof(uint64_t),
+              "router features reuse the candidate buffers");
+
+// ---------------------------------------------------------------- workspace
+
+struct WorkspaceLayout {
+  size_t keys = 0, stats = 0, scores = 0, row_lse = 0, bytes = 0;
+};
+
+__host__ __device__ inline size_t align16(size_t n) { return (n + 15) & ~size_t(15); }
+
+// keys:    [B*S][2][KB] uint64 top-K keys per slice and model (router only)
+// stats:   [B*S][2] float4 (m, d, t, -) entropy partials per slice and model
+// scores:  [B*S] float4 (m, d, best, best_id bits) mixed-score partials per slice
+// row_lse: [B] float2 log-normalisers (written in phase 3, read in phase 4)
+__host__ __device__ inline WorkspaceLayout workspace_layout(int64_t batch, int slices, int kb, bool router) {
+  WorkspaceLayout l;
+  const size_t items = size_t(batch) * size_t(slices);
+  l.keys = 0;
+  l.stats = align16(l.keys + (router ? items * 2 * size_t(kb) * sizeof(uint64_t) : 0));
+  l.scores = align16(l.stats + items * 2 * sizeof(float4));
+  l.row_lse = align16(l.scores + items * sizeof(float4));
+  l.bytes = align16(l.row_lse + size_t(batch) * sizeof(float2));
+  return l;
+}
+
+struct Workspace {
+  uint64_t* keys;
+  float4* stats;
+  float4* scores;
+  float2* row_lse;
+};
+
+// Workspace values are written by other CTAs before a grid.sync: read them through L2
+// (ld.global.cg), never through the non-coherent read-only path.
+__device__ __forceinline__ uint64_t load_cg(const uint64_t* p) {
+  return __ldcg(reinterpret_cast<const unsigned long long*>(p));
+}
+
+// ---------------------------------------------------------------- shared memory
+
+template <int KB>
+struct SharedStorage {
+  union {
+    uint64_t cand[2][kCandidates];              // phases 1-2: top-K candidates per model
+    float features[kCudaMaxRouterInputs];       // phase 2: router input x
+    float slice_weight[kMaxSlices];             // phase 4: sum of p per slice
+  } u;
+  TopKShared<KB> topk;
+  alignas(16) unsigned char scratch[kWarps * 32];  // block_reduce / scan scratch
+  float bcast_f[3];
+  int bcast_i[1];
+};
+
+template <typename T, int KB>
+__device__ __forceinline__ T* scratch_as(SharedStorage<KB>& sh) {
+  static_assert(sizeof(T) <= 32, "scratch holds kWarps values of at most 32 bytes");
+  return reinterpret_cast<T*>(sh.scratch);
+}
+
+// ---------------------------------------------------------------- rows and slices
+
+// A row pair in 16-byte slots laid out on the base row's alignment: slot q holds ids
+// [q*VEC - shift, q*VEC - shift + VEC). The reward row uses vector loads too when its
+// misalignment is the same (the usual case); otherwise it is read element by element.
+template <typename T>
+struct RowView {
+  static constexpr int kVec = VecWidth<T>::value;
+  const T* base;
+  const T* reward;
+  int64_t vocab;
+  int64_t nslots;
+  int shift;
+  bool base_vec, reward_vec;
+
+  __device__ RowView(const StepParams& p, int64_t row) {
+    base = static_cast<const T*>(p.base_logits) + row * p.base_stride;
+    reward = static_cast<const T*>(p.reward_logits) + row * p.reward_stride;
+    vocab = p.vocab_size;
+    const uintptr_t ab = reinterpret_cast<uintptr_t>(base), ar = reinterpret_cast<uintptr_t>(reward);
+    const bool typed = ab % sizeof(T) == 0 && ar % sizeof(T) == 0;
+    shift = typed ? int((ab / sizeof(T)) % kVec) : 0;
+    base_vec = typed;
+    reward_vec = typed && int((ar / sizeof(T)) % kVec) == shift;
+    nslots = (vocab - 1 + shift) / kVec + 1;
+  }
+  __device__ int64_t slice_begin(int slice, int slices) const { return nslots * slice / slices; }
+};
+
+// Calls body(xb, xr, start, active) (raw T values) once per tile of kThreads slots of [q0, q1), with the
+// next tile's loads issued before the current tile is processed. `start` is the first id
+// of this thread's slot; `active` is false past q1. Every thread runs the same number
+// of iterations; body returns false (the same in every thread) to stop early.
+template <typename T, typename Body>
+__device__ __forceinline__ void for_each_tile(const RowView<T>& v, int64_t q0, int64_t q1, Body body) {
+  constexpr int kVec = RowView<T>::kVec;
+  const int64_t ntiles = (q1 - q0 + kThreads - 1) / kThreads;
+  T nb[kVec] = {}, nr[kVec] = {};  // a thread past q1 keeps zeros (never used: active == false)
+  auto load = [&](int64_t q) {
+    if (q < q1) {
+      const int64_t start = q * kVec - v.shift;
+      load_slot(v.base, start, v.vocab, v.base_vec, nb);
+      load_slot(v.reward, start, v.vocab, v.reward_vec, nr);
+    }
+  };
+  load(q0 + threadIdx.x);
+  for (int64_t tile = 0; tile < ntiles; ++tile) {
+    const int64_t q = q0 + tile * kThreads + threadIdx.x;
+    T xb[kVec], xr[kVec];
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) {
+      xb[e] = nb[e];
+      xr[e] = nr[e];
+    }
+    load(q + kThreads);
+    if (!body(xb, xr, q * kVec - v.shift, q < q1)) break;
+  }
+}
+
+// The mixed score of the spec, z = s / T (T > 0) or s, s = lp_b + alpha * lp_r with the
+// reward term 0 when alpha == 0. Explicit round-to-nearest intrinsics: no FMA
+// contraction, so phases 3 and 4 compute the same z bit for bit.
+struct MixedScore {
+  float lse_b, lse_r, alpha, inv_t;
+  bool mix, scaled;
+  __device__ __forceinline__ float operator()(float xb, float xr) const {
+    const float lp_b = __fsub_rn(xb, lse_b);
+    const float s = mix ? __fadd_rn(lp_b, __fmul_rn(alpha, __fsub_rn(xr, lse_r))) : lp_b;
+    return scaled ? __fmul_rn(s, inv_t) : s;
+  }
+};
+
+struct EntropyPair {
+  EntropyStat b, r;
+};
+
+// Merges the S entropy partials of `row`. Not inlined: every CTA runs the very same
+// code on the same data, hence gets the same bits.
+template <int KB>
+__device__ __noinline__ EntropyPair merge_entropy_partials(SharedStorage<KB>& sh, const float4* stats,
+                                                           int64_t row, int slices) {
+  EntropyPair acc{entropy_stat_empty(), entropy_stat_empty()};
+  for (int j = threadIdx.x; j < slices; j += kThreads) {
+    const float4 b = __ldcg(&stats[(row * slices + j) * 2 + 0]);
+    const float4 r = __ldcg(&stats[(row * slices + j) * 2 + 1]);
+    acc.b = entropy_stat_merge(acc.b, {b.x, b.y, b.z});
+    acc.r = entropy_stat_merge(acc.r, {r.x, r.y, r.z});
+  }
+  return block_reduce(
+      acc,
+      [](EntropyPair a, EntropyPair c) {
+        return EntropyPair{entropy_stat_merge(a.b, c.b), entropy_stat_merge(a.r, c.r)};
+      },
+      scratch_as<EntropyPair>(sh));
+}
+
+// ---------------------------------------------------------------- phase 1
+
+template <typename T, int KB>
+__device__ void slice_stats_and_topk(const StepParams& p, SharedStorage<KB>& sh, const Workspace& ws,
+                                     int64_t row, int slice, int slices, bool topk) {
+  constexpr int kVec = RowView<T>::kVec;
+  const RowView<T> v(p, row);
+  const int64_t q0 = v.slice_begin(slice, slices), q1 = v.slice_begin(slice + 1, slices);
+  const int k = p.k;
+  EntropyPair st{entropy_stat_empty(), entropy_stat_empty()};
+  TopKThread tk;
+  if (topk) topk_init(sh.topk, tk, 0, 0);
+  for_each_tile(v, q0, q1, [&](const T(&xb)[kVec], const T(&xr)[kVec], int64_t start, bool active) {
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) {
+      const int64_t id = start + e;
+      const bool valid = active && id >= 0 && id < v.vocab;
+      if (valid) {
+        entropy_stat_add(st.b, to_float(xb[e]));
+        entropy_stat_add(st.r, to_float(xr[e]));
+      }
+      if (topk) {
+        topk_offer(sh.topk, tk, sh.u.cand, 0, valid, topk_key(to_float(xb[e]), int(id)));
+        topk_offer(sh.topk, tk, sh.u.cand, 1, valid, topk_key(to_float(xr[e]), int(id)));
+      }
+    }
+    if (topk) {
+      int had[2];
+      topk_end_tile(sh.topk, tk, sh.u.cand, k, had);
+    }
+    return true;
+  });
+  st = block_reduce(
+      st,
+      [](EntropyPair a, EntropyPair c) {
+        return EntropyPair{entropy_stat_merge(a.b, c.b), entropy_stat_merge(a.r, c.r)};
+      },
+      scratch_as<EntropyPair>(sh));
+  const int64_t item = row * slices + slice;
+  if (threadIdx.x == 0) {
+    ws.stats[item * 2 + 0] = make_float4(st.b.m, st.b.d, st.b.t, 0.f);
+    ws.stats[item * 2 + 1] = make_float4(st.r.m, st.r.d, st.r.t, 0.f);
+  }
+  if (topk) {
+    for (int i = threadIdx.x; i < 2 * KB; i += kThreads) {
+      const int m = i / KB, j = i % KB;
+      ws.keys[(item * 2 + m) * KB + j] = j < k ? sh.topk.list[m][m ? tk.cur[1] : tk.cur[0]][j] : 0;
+    }
+  }
+  __syncthreads();  // shared memory is reused by this CTA's next item
+}
+
+// ---------------------------------------------------------------- phase 2
+
+struct KeyPair {
+  uint64_t b, r;
+};
+
+template <int KB>
+__device__ void route_row(const StepParams& p, SharedStorage<KB>& sh, const Workspace& ws, int64_t row,
+                          int slices) {
+  const int k = p.k;
+  const EntropyPair st = merge_entropy_partials(sh, ws.stats, row, slices);
+  const float lse_b = st.b.m + logf(st.b.d), lse_r = st.r.m + logf(st.r.d);
+
+  // Lower bound of each row's K-th key: the largest K-th key of any slice (that slice
+  // alone has K keys at least that large).
+  const uint64_t* keys = ws.keys + row * slices * 2 * KB;
+  KeyPair kth{0, 0};
+  for (int j = threadIdx.x; j < slices; j += kThreads) {
+    kth.b = max(kth.b, load_cg(keys + (j * 2 + 0) * KB + k - 1));
+    kth.r = max(kth.r, load_cg(keys + (j * 2 + 1) * KB + k - 1));
+  }
+  kth = block_reduce(kth, [](KeyPair a, KeyPair c) { return KeyPair{max(a.b, c.b), max(a.r, c.r)}; },
+                     scratch_as<KeyPair>(sh));
+  TopKThread tk;
+  topk_init(sh.topk, tk, kth.b ? kth.b - 1 : 0, kth.r ? kth.r - 1 : 0);
+
+  // Stream the S sorted lists position-major (entry e = position * S + slice), a tile of
+  // kCandidates >= S entries at a time. Once a tile offers no candidate for a model, no
+  // later entry can: each is below its own list's entry one tile earlier.
+  constexpr int kPer = kCandidates / kThreads;
+  const int64_t total = int64_t(k) * slices;
+  bool done[2] = {false, false};
+  for (int64_t tile = 0; tile < total && !(done[0] && done[1]); tile += kCandidates) {
+    uint64_t key[2][kPer];
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      const int64_t e = tile + i * kThreads + threadIdx.x;
+      const int pos = int(e / slices), j = int(e % slices);
+#pragma unroll
+      for (int m = 0; m < 2; ++m)
+        key[m][i] = (e < total && !done[m]) ? load_cg(keys + (j * 2 + m) * KB + pos) : 0;
+    }
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      topk_offer(sh.topk, tk, sh.u.cand, 0, key[0][i] != 0, key[0][i]);
+      topk_offer(sh.topk, tk, sh.u.cand, 1, key[1][i] != 0, key[1][i]);
+    }
+    int had[2];
+    topk_end_tile(sh.topk, tk, sh.u.cand, k, had);
+    done[0] = done[0] || had[0] == 0;
+    done[1] = done[1] || had[1] == 0;
+  }
+
+  // Router input x = [v_b, v_r, H_b, H_r, E[i_b], E[i_r]] (candidate buffers are free now).
+  const int d = p.router.embed_dim;
+  const int dim = 2 * k + 2 + 2 * k * d;
+  float* x = sh.u.features;
+  const uint64_t* list_b = sh.topk.list[0][tk.cur[0]];
+  const uint64_t* list_r = sh.topk.list[1][tk.cur[1]];
+  for (int i = threadIdx.x; i < 2 * k; i += kThreads) {
+    const bool reward = i >= k;
+    const uint64_t key = (reward ? list_r : list_b)[reward ? i - k : i];
+    const float lp = key ? topk_key_value(key) - (reward ? lse_r : lse_b) : -INFINITY;
+    x[i] = fmaxf(lp, kFeatureLogprobFloor);
+  }
+  if (threadIdx.x == 0) {
+    x[2 * k] = logf(st.b.d) - st.b.t / st.b.d;  // entropies
+    x[2 * k + 1] = logf(st.r.d) - st.r.t / st.r.d;
+  }
+  const bool bf16_embed = p.router.embed_dtype == DType::kBFloat16;
+  for (int i = threadIdx.x; i < 2 * k * d; i += kThreads) {
+    const bool reward = i >= k * d;
+    const int rem = reward ? i - k * d : i;
+    const uint64_t key = (reward ? list_r : list_b)[rem / d];
+    const int64_t at = int64_t(key ? topk_key_id(key) : 0) * d + rem % d;
+    x[2 * k + 2 + i] = bf16_embed ? __bfloat162float(__ldg(static_cast<const __nv_bfloat16*>(p.router.embed) + at))
+                                  : __ldg(static_cast<const float*>(p.router.embed) + at);
+  }
+  __syncthreads();
+
+  // h = silu(W1 x + b1): one warp per hidden unit; u = w2 . h + b2; alpha = alpha_max * sigmoid(u).
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  float u_part = 0.f;
+  for (int h = warp; h < p.router.hidden; h += kWarps) {
+    const float* w = p.router.w1 + int64_t(h) * dim;
+    float acc = 0.f;
+    for (int i = lane; i < dim; i += 32) acc += __ldg(w + i) * x[i];
+#pragma unroll
+    for (int delta = 16; delta > 0; delta >>= 1) acc += __shfl_down_sync(kFullMask, acc, delta);
+    if (lane == 0) {
+      const float z = acc + __ldg(p.router.b1 + h);
+      u_part += __ldg(p.router.w2 + h) * (z / (1.f + expf(-z)));
+    }
+  }
+  float* partial = scratch_as<float>(sh);
+  if (lane == 0) partial[warp] = u_part;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float u = __ldg(p.router.b2);
+    for (int w = 0; w < kWarps; ++w) u += partial[w];
+    p.alpha[row] = p.router.alpha_max / (1.f + expf(-u));
+  }
+  __syncthreads();
+}
+
+// ---------------------------------------------------------------- phase 3
+
+__device__ __forceinline__ MixedScore row_mixed_score(const StepParams& p, float lse_b, float lse_r, float alpha) {
+  MixedScore mix;
+  mix.lse_b = lse_b;
+  mix.lse_r = lse_r;
+  mix.alpha = alpha;
+  mix.mix = alpha != 0.f;
+  mix.scaled = p.temperature > 0.f;
+  mix.inv_t = mix.scaled ? 1.f / p.temperature : 1.f;
+  return mix;
+}
+
+template <typename T, int KB>
+__device__ void slice_scores(const StepParams& p, SharedStorage<KB>& sh, const Workspace& ws, int64_t row,
+                             int slice, int slices) {
+  constexpr int kVec = RowView<T>::kVec;
+  const EntropyPair st = merge_entropy_partials(sh, ws.stats, row, slices);
+  const float lse_b = st.b.m + logf(st.b.d), lse_r = st.r.m + logf(st.r.d);
+  if (slice == 0 && threadIdx.x == 0) ws.row_lse[row] = make_float2(lse_b, lse_r);
+  const float alpha = p.use_alpha_override ? p.alpha_override : __ldcg(p.alpha + row);
+  const MixedScore mix = row_mixed_score(p, lse_b, lse_r, alpha);
+
+  const RowView<T> v(p, row);
+  ScoreStat sc = score_stat_empty();
+  for_each_tile(v, v.slice_begin(slice, slices), v.slice_begin(slice + 1, slices),
+                [&](const T(&xb)[kVec], const T(&xr)[kVec], int64_t start, bool active) {
+#pragma unroll
+                  for (int e = 0; e < kVec; ++e) {
+                    const int64_t id = start + e;
+                    if (active && id >= 0 && id < v.vocab) score_stat_add(sc, mix(to_float(xb[e]), to_float(xr[e])), int(id));
+                  }
+                  return true;
+                });
+  sc = block_reduce(sc, score_stat_merge, scratch_as<ScoreStat>(sh));
+  if (threadIdx.x == 0)
+    ws.scores[row * slices + slice] = make_float4(sc.m, sc.d, sc.best, __int_as_float(sc.best_id));
+  __syncthreads();
+}
+
+// ---------------------------------------------------------------- phase 4
+
+template <typename T, int KB>
+__device__ void finish_slice(const StepParams& p, SharedStorage<KB>& sh, const Workspace& ws, int64_t row,
+                             int slice, int slices) {
+  constexpr int kVec = RowView<T>::kVec;
+  const bool sampling = p.temperature > 0.f;
+  if (!(slice == 0 || sampling || p.logprobs != nullptr)) return;
+
+  // Row max M and argmax from the slice partials, then each slice's share of sum exp(z - M).
+  ScoreStat acc = score_stat_empty();
+  for (int j = threadIdx.x; j < slices; j += kThreads) {
+    const float4 s = __ldcg(&ws.scores[row * slices + j]);
+    acc = score_stat_merge(acc, {s.x, s.y, s.z, __float_as_int(s.w)});
+  }
+  acc = block_reduce(acc, score_stat_merge, scratch_as<ScoreStat>(sh));
+  const float row_max = acc.m;
+  float* weight = sh.u.slice_weight;
+  for (int j = threadIdx.x; j < slices; j += kThreads) {
+    const float4 s = __ldcg(&ws.scores[row * slices + j]);
+    weight[j] = s.y > 0.f ? s.y * __expf(s.x - row_max) : 0.f;
+  }
+  __syncthreads();
+  // Warp 0 scans the weights in slice order: lane l sums a contiguous chunk, a warp scan
+  // gives each chunk its offset. The same code on the same data gives every CTA of the
+  // row the same total, threshold and crossing slice: the first slice with weight > 0
+  // whose inclusive prefix exceeds u * total, else the last slice with weight > 0.
+  if (threadIdx.x < 32) {
+    const int lane = threadIdx.x;
+    const int per_lane = (slices + 31) / 32;
+    const int j0 = lane * per_lane, j1 = min(j0 + per_lane, slices);
+    float chunk = 0.f;
+    for (int j = j0; j < j1; ++j) chunk += weight[j];
+    float incl = chunk;
+#pragma unroll
+    for (int delta = 1; delta < 32; delta <<= 1) {
+      const float up = __shfl_up_sync(kFullMask, incl, delta);
+      if (lane >= delta) incl += up;
+    }
+    const float below = __shfl_up_sync(kFullMask, incl, 1);
+    const float total = __shfl_sync(kFullMask, incl, 31);
+    const float threshold = sampling ? __ldg(p.uniform + row) * total : 0.f;
+    int hit = -1, last = -1;
+    float hit_before = 0.f, last_before = 0.f, prefix = lane > 0 ? below : 0.f;
+    for (int j = j0; j < j1; ++j) {
+      const float w = weight[j];
+      if (w > 0.f) {
+        if (hit < 0 && prefix + w > threshold) {
+          hit = j;
+          hit_before = prefix;
+        }
+        last = j;
+        last_before = prefix;
+      }
+      prefix += w;
+    }
+    const unsigned hits = __ballot_sync(kFullMask, hit >= 0);
+    const unsigned lasts = __ballot_sync(kFullMask, last >= 0);
+    const int src = hits ? __ffs(hits) - 1 : (lasts ? 31 - __clz(lasts) : 0);
+    const int crossing = __shfl_sync(kFullMask, hits ? hit : last, src);
+    const float before = __shfl_sync(kFullMask, hits ? hit_before : last_before, src);
+    if (lane == 0) {
+      sh.bcast_f[0] = total;
+      sh.bcast_f[1] = threshold;
+      sh.bcast_f[2] = before;
+      sh.bcast_i[0] = max(crossing, 0);
+    }
+  }
+  __syncthreads();
+  const float total = sh.bcast_f[0], threshold = sh.bcast_f[1], before = sh.bcast_f[2];
+  const int crossing = sh.bcast_i[0];
+  __syncthreads();  // bcast and weights are reused by this CTA's next item
+
+  const float2 lse = __ldcg(&ws.row_lse[row]);
+  const float alpha = p.use_alpha_override ? p.alpha_override : __ldcg(p.alpha + row);
+  const MixedScore mix = row_mixed_score(p, lse.x, lse.y, alpha);
+  const float log_norm = row_max + logf(total);
+  const RowView<T> v(p, row);
+  const int64_t q0 = v.slice_begin(slice, slices), q1 = v.slice_begin(slice + 1, slices);
+
+  if (p.logprobs != nullptr) {
+    float* out = p.logprobs + row * v.vocab;
+    for_each_tile(v, q0, q1, [&](const T(&xb)[kVec], const T(&xr)[kVec], int64_t start, bool active) {
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) {
+        const int64_t id = start + e;
+        if (active && id >= 0 && id < v.vocab) out[id] = mix(to_float(xb[e]), to_float(xr[e])) - log_norm;
+      }
+      return true;
+    });
+  }
+
+  int token = -1;
+  if (!sampling && slice == 0) {
+    token = acc.best_id == INT_MAX ? 0 : acc.best_id;
+  } else if (sampling && slice == crossing) {
+    // Inverse CDF inside the slice: the first id with p > 0 whose inclusive prefix
+    // (carried over the slices before it) exceeds the threshold; if rounding leaves
+    // none, the last id with p > 0. Ids below V only; never a zero-probability id.
+    float carry = before;
+    int found = INT_MAX, last_positive = -1;
+    float* scan_scratch = scratch_as<float>(sh);
+    for_each_tile(v, q0, q1, [&](const T(&xb)[kVec], const T(&xr)[kVec], int64_t start, bool active) {
+      float prob[kVec], cum[kVec], run = 0.f;
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) {
+        const int64_t id = start + e;
+        const float z = (active && id >= 0 && id < v.vocab) ? mix(to_float(xb[e]), to_float(xr[e])) : -INFINITY;
+        prob[e] = z == -INFINITY ? 0.f : __expf(z - row_max);
+        run += prob[e];
+        cum[e] = run;
+        if (prob[e] > 0.f) last_positive = int(id);
+      }
+      float tile_total;
+      const float offset = carry + block_exclusive_scan(run, scan_scratch, tile_total);
+      int mine = INT_MAX;
+#pragma unroll
+      for (int e = kVec - 1; e >= 0; --e)
+        if (prob[e] > 0.f && offset + cum[e] > threshold) mine = int(start + e);
+      found = block_reduce(mine, [](int a, int b) { return min(a, b); }, scratch_as<int>(sh));
+      carry += tile_total;
+      return found == INT_MAX;
+    });
+    last_positive = block_reduce(last_positive, [](int a, int b) { return max(a, b); }, scratch_as<int>(sh));
+    token = found != INT_MAX ? found : max(last_positive, 0);
+  }
+  if (token >= 0 && threadIdx.x == 0) {
+    const float z = mix(to_float(v.base[token]), to_float(v.reward[token]));
+    p.tokens[row] = token;
+    p.token_logprobs[row] = z - log_norm;
+    if (p.use_alpha_override) p.alpha[row] = p.alpha_override;
+  }
+  __syncthreads();
+}
+
+// ---------------------------------------------------------------- kernel
+
+template <typename T, int KB>
+__global__ void __launch_bounds__(kThreads, 2) taro_step_kernel(StepParams p, unsigned char* workspace,
+                                                             int slices) {
+  __shared__ SharedStorage<KB> sh;
+  cg::grid_group grid = cg::this_grid();
+  const bool router = !p.use_alpha_override;
+  const WorkspaceLayout layout = workspace_layout(p.batch, slices, KB, router);
+  const Workspace ws{reinterpret_cast<uint64_t*>(workspace + layout.keys),
+                     reinterpret_cast<float4*>(workspace + layout.stats),
+                     reinterpret_cast<float4*>(workspace + layout.scores),
+                     reinterpret_cast<float2*>(workspace + layout.row_lse)};
+  const int64_t items = p.batch * slices;
+
+  for (int64_t item = blockIdx.x; item < items; item += gridDim.x)
+    slice_stats_and_topk<T, KB>(p, sh, ws, item / slices, int(item % slices), slices, router);
+  grid.sync();
+  if (router) {
+    for (int64_t row = blockIdx.x; row < p.batch; row += gridDim.x) route_row<KB>(p, sh, ws, row, slices);
+    grid.sync();
+  }
+  for (int64_t item = blockIdx.x; item < items; item += gridDim.x)
+    slice_scores<T, KB>(p, sh, ws, item / slices, int(item % slices), slices);
+  grid.sync();
+  for (int64_t item = blockIdx.x; item < items; item += gridDim.x)
+    finish_slice<T, KB>(p, sh, ws, item / slices, int(item % slices), slices);
+}
+
+// The kernel for K bucket `kb` (1, 8, 16, 32 or 64), as a host launch handle.
+template <typename T>
+const void* step_kernel_for_bucket(int kb) {
+  switch (kb) {
+    case 1: return reinterpret_cast<const void*>(taro_step_kernel<T, 1>);
+    case 8: return reinterpret_cast<const void*>(taro_step_kernel<T, 8>);
+    case 16: return reinterpret_cast<const void*>(taro_step_kernel<T, 16>);
+    case 32: return reinterpret_cast<const void*>(taro_step_kernel<T, 32>);
+    case 64: return reinterpret_cast<const void*>(taro_step_kernel<T, 64>);
+    default: return nullptr;
+  }
+}
+
+// One per logits dtype, each in its own translation unit (they compile in parallel).
+const void* step_kernel_f32(int kb);
+const void* step_kernel_bf16(int kb);
+const void* step_kernel_f16(int kb);
+
+}  // namespace cuda_detail
+}  // namespace taro
