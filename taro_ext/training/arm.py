@@ -1,0 +1,137 @@
+"""GenARM's autoregressive reward model (ARM): a causal LM trained on step-wise preferences.
+
+For a pair (context = prompt + initial steps, chosen step, rejected step) the loss is
+``-log sigmoid(beta * (sum log pi_r(chosen | context) - sum log pi_r(rejected | context)))``:
+no reference model; the reward of a step is its summed token log-probability, so the
+trained LM's token log-probs are the token-level reward TARo mixes in at decode time.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..data import StepPair, render_prompt
+from .common import (CompletionBatch, DistributedContext, TrainConfig, TrainingTask, collate_completions,
+                     completion_logits, distributed_context, encode_completion, run_training, token_logprobs)
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def arm_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, beta: float,
+             reduction: str = "mean") -> torch.Tensor:
+    """``-log sigmoid(beta * (chosen_logps - rejected_logps))`` per pair (summed token log-probs in)."""
+    if not torch.is_tensor(chosen_logps) or not torch.is_tensor(rejected_logps):
+        raise TypeError("chosen_logps and rejected_logps must be tensors")
+    if chosen_logps.shape != rejected_logps.shape:
+        raise ValueError(f"chosen_logps {tuple(chosen_logps.shape)} and rejected_logps "
+                         f"{tuple(rejected_logps.shape)} must have the same shape")
+    if not (isinstance(beta, (int, float)) and beta > 0):
+        raise ValueError(f"beta must be a positive number, got {beta!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    losses = -F.logsigmoid(beta * (chosen_logps - rejected_logps))
+    return losses if reduction == "none" else getattr(losses, reduction)()
+
+
+def pair_context(pair: StepPair, tokenizer, chat: bool) -> str:
+    """The text the chosen/rejected step continues: the rendered prompt and the initial steps."""
+    return render_prompt(pair.prompt, tokenizer, chat) + pair.initial_reason_steps
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapters on the attention and MLP projections (peft)."""
+
+    rank: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class ArmTrainer:
+    """Trains a causal LM as a GenARM reward model on ``StepPair``s.
+
+    ``lora=None`` fine-tunes every weight; with ``LoraSettings`` only peft adapters train
+    and ``save`` writes the merged model. ``gradient_checkpointing`` trades compute for
+    activation memory (8B models on one GPU).
+    """
+
+    def __init__(self, model, tokenizer, pairs: Sequence[StepPair], *, beta: float = 0.05,
+                 config: Optional[TrainConfig] = None, lora: Optional[LoraSettings] = None, chat: bool = False,
+                 max_length: int = 1024, gradient_checkpointing: bool = False):
+        if not (isinstance(beta, (int, float)) and beta > 0):
+            raise ValueError(f"beta must be a positive number, got {beta!r}")
+        if not isinstance(max_length, int) or max_length < 2:
+            raise ValueError(f"max_length must be an int >= 2, got {max_length!r}")
+        self.config = config or TrainConfig()
+        self.ctx: DistributedContext = distributed_context(self.config.device)
+        self.tokenizer = tokenizer
+        self.beta = float(beta)
+        self.chat = chat
+        self.max_length = max_length
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.lora = lora
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if lora is not None:
+            from peft import LoraConfig, get_peft_model
+
+            model = get_peft_model(model, LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                     target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
+        else:
+            model.requires_grad_(True)
+        self.model = model.to(self.ctx.device)
+        self.pairs = list(pairs)
+        self.encoded = [self.encode(p) for p in self.pairs]
+
+    def encode(self, pair: StepPair):
+        context = pair_context(pair, self.tokenizer, self.chat)
+        return (encode_completion(self.tokenizer, context, pair.chosen, self.max_length),
+                encode_completion(self.tokenizer, context, pair.rejected, self.max_length))
+
+    def pair_logps(self, model, encoded) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed log-probs of the chosen and rejected steps, one forward for both ([n] each)."""
+        rows = [e[0] for e in encoded] + [e[1] for e in encoded]
+        batch: CompletionBatch = collate_completions(rows, self.pad_id, self.ctx.device)
+        logps = (token_logprobs(completion_logits(model, batch), batch.targets) * batch.target_mask).sum(-1)
+        return logps[:len(encoded)], logps[len(encoded):]
+
+    def _loss(self, model, indices):
+        chosen, rejected = self.pair_logps(model, [self.encoded[i] for i in indices])
+        loss = arm_loss(chosen, rejected, self.beta, reduction="sum")
+        return loss, {"pair_acc": (chosen > rejected).sum().item()}
+
+    def train(self) -> list[dict]:
+        task = TrainingTask(self.model, len(self.encoded), lambda i: 1.0, self._loss, description="reward model",
+                            metric_names=("pair_acc",))
+        return run_training(task, self.config, self.ctx)
+
+    @torch.no_grad()
+    def evaluate(self, pairs: Sequence[StepPair], batch_size: Optional[int] = None) -> dict:
+        """Mean ARM loss and pair accuracy (chosen summed log-prob > rejected) on ``pairs``."""
+        batch_size = batch_size or self.config.micro_batch_size
+        encoded = [self.encode(p) for p in pairs]
+        self.model.eval()
+        loss, correct = 0.0, 0
+        for s in range(0, len(encoded), batch_size):
+            chosen, rejected = self.pair_logps(self.model, encoded[s:s + batch_size])
+            loss += arm_loss(chosen, rejected, self.beta, reduction="sum").item()
+            correct += int((chosen > rejected).sum())
+        return {"loss": loss / len(encoded), "pair_acc": correct / len(encoded)}
+
+    def save(self, output_dir: str) -> None:
+        """``save_pretrained`` of the model and tokenizer, loadable with
+        ``AutoModelForCausalLM.from_pretrained`` (rank 0 writes). With LoRA the adapters are
+        merged into the weights first, in place: call it once training is over."""
+        if self.lora is not None:
+            self.model = self.model.merge_and_unload()
+            self.lora = None
+        if not self.ctx.is_main:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        self.model.save_pretrained(output_dir)
+        self.tokenizer.save_pretrained(output_dir)

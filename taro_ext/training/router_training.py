@@ -1,0 +1,224 @@
+"""Router training: the base and reward models are frozen; the router learns alpha_t.
+
+For a correct solution ``target`` of ``prompt``, each target token y_t is scored under the
+mixed distribution ``softmax(lp_b + alpha_t * lp_r)`` (temperature 1; ``alpha_t`` from the
+router on that position's two logits rows), and the loss is the NLL averaged over target
+tokens. Only the router has gradients; the frozen models' logits rows at the target
+positions are computed under ``no_grad`` once per batch, or once in all with a cache
+(``cache="memory"`` or a directory), which makes every later epoch a router-only pass.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Optional, Sequence
+
+import torch
+
+from .. import reference
+from .common import (DistributedContext, TrainConfig, TrainingTask, collate_completions, completion_logits,
+                     distributed_context, encode_completion, run_training)
+
+TOKEN_CLASSES = ("digit", "operator", "whitespace", "letter", "other")
+_OPERATOR_CHARS = set("+-*/=×÷^()<>%")
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+def mixed_nll(base_rows: torch.Tensor, reward_rows: torch.Tensor, alpha: torch.Tensor, targets: torch.Tensor,
+              vocab_size: int) -> torch.Tensor:
+    """Per-row ``-log softmax(lp_b + alpha * lp_r)[target]`` (spec steps 1 and 6, temperature 1)."""
+    lp_b = reference.log_softmax_rows(base_rows, vocab_size)
+    lp_r = reference.log_softmax_rows(reward_rows, vocab_size)
+    s = reference.mixed_score(lp_b, lp_r, alpha)
+    return -torch.log_softmax(s, dim=-1).gather(-1, targets[:, None])[:, 0]
+
+
+def token_class(text: str) -> str:
+    """``digit``, ``operator``, ``whitespace``, ``letter`` or ``other`` for a token's text
+    (surrounding whitespace ignored unless the token is only whitespace)."""
+    core = text.strip()
+    if not core:
+        return "whitespace"
+    if all(c.isdigit() or c == "." for c in core) and any(c.isdigit() for c in core):
+        return "digit"
+    if all(c in _OPERATOR_CHARS for c in core):
+        return "operator"
+    if core.isalpha():
+        return "letter"
+    return "other"
+
+
+def alpha_statistics(alpha: torch.Tensor, classes: Sequence[str]) -> dict:
+    """``{"all": stats, <class>: stats, ...}`` with count, mean, std and quantiles q05..q95 of
+    alpha; ``classes[i]`` is the token class of the token ``alpha[i]`` was used for."""
+    alpha = alpha.detach().double().cpu()
+    if len(classes) != alpha.numel():
+        raise ValueError(f"classes has {len(classes)} entries for {alpha.numel()} alpha values")
+    groups = {"all": alpha}
+    for name in TOKEN_CLASSES:
+        mask = torch.tensor([c == name for c in classes], dtype=torch.bool)
+        if mask.any():
+            groups[name] = alpha[mask]
+    out = {}
+    for name, a in groups.items():
+        q = torch.quantile(a, torch.tensor(QUANTILES, dtype=torch.float64))
+        out[name] = {"count": a.numel(), "mean": a.mean().item(),
+                     "std": a.std(unbiased=False).item(),
+                     **{f"q{int(round(p * 100)):02d}": v for p, v in zip(QUANTILES, q.tolist())}}
+    return out
+
+
+def format_alpha_table(stats: dict) -> str:
+    cols = ["count", "mean", "std"] + [f"q{int(round(p * 100)):02d}" for p in QUANTILES]
+    lines = [f"{'tokens':<11}" + "".join(f"{c:>8}" for c in cols)]
+    for name, s in stats.items():
+        lines.append(f"{name:<11}" + f"{s['count']:>8d}" + "".join(f"{s[c]:>8.3f}" for c in cols[1:]))
+    return "\n".join(lines)
+
+
+class FrozenLogits:
+    """Logits rows of the frozen models at each example's target positions.
+
+    ``cache=None`` computes them for every batch; ``"memory"`` keeps them (in
+    ``cache_dtype``) on the CPU after the first time; a directory keeps them on disk, one file
+    per example, with a manifest that must match the tokenised examples.
+    """
+
+    def __init__(self, base_model, reward_model, encoded, pad_id: int, device: torch.device,
+                 cache: Optional[str], cache_dtype: torch.dtype):
+        self.base, self.reward = base_model, reward_model
+        self.encoded, self.pad_id, self.device = encoded, pad_id, device
+        self.cache, self.cache_dtype = cache, cache_dtype
+        self.memory: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        if cache not in (None, "memory"):
+            os.makedirs(cache, exist_ok=True)
+            digest = hashlib.sha256(json.dumps(encoded).encode()).hexdigest()
+            manifest = os.path.join(cache, "manifest.json")
+            if os.path.isfile(manifest):
+                with open(manifest) as f:
+                    if json.load(f).get("examples_sha256") != digest:
+                        raise ValueError(f"cache={cache!r} holds logits of other examples (or another "
+                                         f"tokenisation); use an empty directory")
+            else:
+                with open(manifest, "w") as f:
+                    json.dump({"examples_sha256": digest, "count": len(encoded)}, f)
+
+    @torch.no_grad()
+    def compute(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        batch = collate_completions([self.encoded[i] for i in indices], self.pad_id, self.device)
+        out = []
+        for model in (self.base, self.reward):
+            logits = completion_logits(model, batch)
+            out.append([logits[j][batch.target_mask[j]] for j in range(len(indices))])
+        return list(zip(*out))
+
+    def _path(self, i: int) -> str:
+        return os.path.join(self.cache, f"{i}.pt")
+
+    def _load(self, i: int):
+        if self.cache == "memory":
+            return self.memory.get(i)
+        if os.path.isfile(self._path(i)):
+            return torch.load(self._path(i), map_location="cpu")
+        return None
+
+    def _store(self, i: int, rows) -> None:
+        rows = tuple(r.to("cpu", self.cache_dtype) for r in rows)
+        if self.cache == "memory":
+            self.memory[i] = rows
+        else:
+            tmp = self._path(i) + f".tmp{os.getpid()}"
+            torch.save(rows, tmp)
+            os.replace(tmp, self._path(i))  # atomic: another process may read it later
+
+    def rows(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(base_rows [N, Vb], reward_rows [N, Vr], targets [N])`` over the examples' target tokens."""
+        if self.cache is None:
+            per_example = self.compute(indices)
+        else:
+            found = {i: self._load(i) for i in indices}
+            missing = [i for i, r in found.items() if r is None]
+            if missing:
+                for i, rows in zip(missing, self.compute(missing)):
+                    self._store(i, rows)
+                    found[i] = rows
+            per_example = [found[i] for i in indices]
+        targets = torch.tensor([t for i in indices for t in self.encoded[i][1]], device=self.device)
+        base = torch.cat([b.to(self.device) for b, _ in per_example])
+        reward = torch.cat([r.to(self.device) for _, r in per_example])
+        return base, reward, targets
+
+
+class RouterTrainer:
+    """Trains ``router`` (``TopKRouter`` or ``FullLogitsRouter``) on ``(prompt, target)`` text
+    pairs; the loss covers target tokens only (prompt and target are tokenised separately,
+    as a decoder appends target tokens after the prompt's)."""
+
+    def __init__(self, base_model, reward_model, tokenizer, router, examples: Sequence[tuple[str, str]], *,
+                 config: Optional[TrainConfig] = None, max_length: int = 1024, cache: Optional[str] = None,
+                 cache_dtype: torch.dtype = torch.float32):
+        if not isinstance(max_length, int) or max_length < 2:
+            raise ValueError(f"max_length must be an int >= 2, got {max_length!r}")
+        if len(tokenizer) > router.vocab_size:
+            raise ValueError(f"the router's vocab_size={router.vocab_size} is smaller than the tokenizer's "
+                             f"{len(tokenizer)} tokens")
+        self.config = config or TrainConfig()
+        self.ctx: DistributedContext = distributed_context(self.config.device)
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.base = base_model.eval().requires_grad_(False).to(self.ctx.device)
+        self.reward = reward_model.eval().requires_grad_(False).to(self.ctx.device)
+        self.router = router.to(self.ctx.device)
+        self.vocab_size = router.vocab_size
+        self.encoded = self.encode(examples)
+        self.frozen = FrozenLogits(self.base, self.reward, self.encoded, self.pad_id, self.ctx.device, cache,
+                                   cache_dtype)
+
+    def encode(self, examples):
+        for n, ex in enumerate(examples):
+            if not (isinstance(ex, (tuple, list)) and len(ex) == 2 and all(isinstance(x, str) for x in ex)):
+                raise TypeError(f"examples[{n}] must be a (prompt, target) pair of strings, got {ex!r:.60}")
+        return [encode_completion(self.tokenizer, p, t, self.max_length) for p, t in examples]
+
+    def _loss(self, router, indices):
+        base_rows, reward_rows, targets = self.frozen.rows(indices)
+        alpha = router(base_rows, reward_rows, self.vocab_size)
+        nll = mixed_nll(base_rows, reward_rows, alpha, targets, self.vocab_size)
+        return nll.sum(), {"alpha": alpha.sum().item()}
+
+    def train(self) -> list[dict]:
+        task = TrainingTask(self.router, len(self.encoded), lambda i: float(len(self.encoded[i][1])), self._loss,
+                            description="router", metric_names=("alpha",))
+        return run_training(task, self.config, self.ctx)
+
+    @torch.no_grad()
+    def evaluate(self, examples: Sequence[tuple[str, str]], fixed_alphas: Sequence[float] = (),
+                 batch_size: Optional[int] = None) -> dict:
+        """Per-token NLL on ``examples`` under the router (``nll``) and under each fixed alpha
+        (``nll_fixed``: {alpha: nll}, GenARM's decoding distribution), and the router's
+        per-token ``alpha`` statistics (``alpha_statistics``, by the target token's class)."""
+        batch_size = batch_size or self.config.micro_batch_size
+        encoded = self.encode(examples)
+        frozen = FrozenLogits(self.base, self.reward, encoded, self.pad_id, self.ctx.device, None, torch.float32)
+        self.router.eval()
+        nll, fixed = 0.0, {float(a): 0.0 for a in fixed_alphas}
+        alphas, classes = [], []
+        for s in range(0, len(encoded), batch_size):
+            base_rows, reward_rows, targets = frozen.rows(range(s, min(s + batch_size, len(encoded))))
+            alpha = self.router(base_rows, reward_rows, self.vocab_size)
+            nll += mixed_nll(base_rows, reward_rows, alpha, targets, self.vocab_size).sum().item()
+            for a in fixed:
+                const = torch.full_like(alpha, a)
+                fixed[a] += mixed_nll(base_rows, reward_rows, const, targets, self.vocab_size).sum().item()
+            alphas.append(alpha.float().cpu())
+            classes += [token_class(self.tokenizer.decode([t])) for t in targets.tolist()]
+        n_tokens = len(classes)
+        return {"nll": nll / n_tokens, "nll_fixed": {a: v / n_tokens for a, v in fixed.items()},
+                "tokens": n_tokens, "alpha": alpha_statistics(torch.cat(alphas), classes)}
+
+    def save(self, output_dir: str) -> None:
+        """``router.save_pretrained(output_dir)`` (rank 0 writes)."""
+        if self.ctx.is_main:
+            self.router.save_pretrained(output_dir)

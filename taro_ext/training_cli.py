@@ -1,0 +1,194 @@
+"""``taro-ext train-reward`` and ``taro-ext train-router``.
+
+Both run single-process or under ``torchrun`` (``python -m torch.distributed.run
+--nproc_per_node=N -m taro_ext.cli train-reward ...``). Rank 0 prints and writes the
+outputs: the model (or router) with ``save_pretrained``, and ``train_log.json`` with the
+settings, the per-step log, the held-out evaluation and wall-clock times.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+DATA_SOURCES = ("gsm8k", "math", "synthetic")
+
+
+def _add_model_args(p, names):
+    for name in names:
+        p.add_argument(f"--{name}", required=True,
+                       help=f"{name} model: a transformers checkpoint directory or 'smollm2'")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                   help="model weights dtype (default: bfloat16 on GPU, float32 on CPU)")
+
+
+def _add_data_args(p, what):
+    p.add_argument("--source", choices=DATA_SOURCES, default="gsm8k",
+                   help=f"where the {what} come from (GSM8K/MATH train solutions, or synthetic arithmetic)")
+    p.add_argument("--data-path", default=None, help="GSM8K/MATH JSONL file (default: ../shared/data train set)")
+    p.add_argument("--num-train", type=int, default=256, help=f"number of training {what}")
+    p.add_argument("--num-val", type=int, default=64, help=f"held-out {what} evaluated after training")
+    p.add_argument("--chat", action="store_true", help="wrap prompts in the tokenizer's chat template")
+    p.add_argument("--max-length", type=int, default=512, help="tokens per sequence (context is cut on the left)")
+
+
+def _add_optim_args(p, lr):
+    from .training import TrainConfig
+
+    d = TrainConfig()
+    p.add_argument("--output", required=True, help="output directory")
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch (all processes)")
+    p.add_argument("--micro-batch-size", type=int, default=d.micro_batch_size, help="items per forward pass")
+    p.add_argument("--epochs", type=float, default=d.epochs)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--checkpoint-every", type=int, default=None, help="optimizer steps between checkpoints")
+    p.add_argument("--resume", default=None, metavar="CHECKPOINT",
+                   help="a checkpoint directory, or 'latest' (newest under --output)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_commands(subparsers) -> None:
+    p = subparsers.add_parser("train-reward", help="train a GenARM autoregressive reward model on step-wise pairs")
+    _add_model_args(p, ["model"])
+    _add_data_args(p, "pairs")
+    p.add_argument("--pairs", default=None,
+                   help="Math-Step-DPO-10K style JSON/JSONL pairs (instead of building them from --source)")
+    p.add_argument("--beta", type=float, default=0.05, help="ARM loss beta (GenARM: 0.05 to 0.1)")
+    p.add_argument("--lora-rank", type=int, default=16, help="LoRA rank; 0 fine-tunes every weight")
+    p.add_argument("--lora-alpha", type=int, default=32)
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    _add_optim_args(p, lr=5e-4)
+    p.set_defaults(func=_train_reward)
+
+    p = subparsers.add_parser("train-router", help="train the TARo router with frozen base and reward models")
+    _add_model_args(p, ["base", "reward"])
+    _add_data_args(p, "solutions")
+    p.add_argument("--design", choices=("topk", "full"), default="topk")
+    p.add_argument("--k", type=int, default=16)
+    p.add_argument("--embed-dim", type=int, default=16)
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--alpha-max", type=float, default=2.0)
+    p.add_argument("--cache", default=None,
+                   help="keep the frozen models' logits: 'memory' or a directory (small sets)")
+    _add_optim_args(p, lr=1e-3)
+    p.set_defaults(func=_train_router)
+
+
+def _config(args):
+    from .training import TrainConfig
+
+    return TrainConfig(learning_rate=args.lr, batch_size=args.batch_size, micro_batch_size=args.micro_batch_size,
+                       epochs=args.epochs, max_steps=args.max_steps, warmup_steps=args.warmup_steps,
+                       weight_decay=args.weight_decay, seed=args.seed, output_dir=args.output,
+                       checkpoint_every=args.checkpoint_every, resume_from=args.resume,
+                       progress=not args.no_progress)
+
+
+def _load(name, args, ctx):
+    import torch
+
+    from .models import load_model
+
+    dtype = args.dtype or ("bfloat16" if ctx.device.type == "cuda" else "float32")
+    return load_model(name, dtype=getattr(torch, dtype), device=ctx.device)
+
+
+def _solutions(args, count):
+    from . import data
+
+    if args.source == "synthetic":
+        return data.synthetic_arithmetic(count, seed=args.seed)
+    load = data.load_gsm8k if args.source == "gsm8k" else data.load_math
+    return load(args.data_path)
+
+
+def _write_log(args, ctx, log):
+    if ctx.is_main:
+        os.makedirs(args.output, exist_ok=True)
+        with open(os.path.join(args.output, "train_log.json"), "w") as f:
+            json.dump({"args": {k: v for k, v in vars(args).items() if k != "func"}, **log}, f, indent=2)
+
+
+def _train_reward(args) -> int:
+    from . import data
+    from .training import ArmTrainer, LoraSettings
+    from .training.common import distributed_context
+
+    config = _config(args)
+    ctx = distributed_context(config.device)
+    t0 = time.perf_counter()
+    model, tokenizer = _load(args.model, args, ctx)
+    if args.pairs:
+        pairs = data.read_step_pairs(args.pairs)
+    else:
+        pairs = data.step_pairs(_solutions(args, 2 * (args.num_train + args.num_val)), seed=args.seed,
+                                limit=args.num_train + args.num_val)
+    if len(pairs) <= args.num_val:
+        raise ValueError(f"--num-val={args.num_val} leaves no training pairs out of {len(pairs)}")
+    train, val = pairs[:len(pairs) - args.num_val][:args.num_train], pairs[len(pairs) - args.num_val:]
+    lora = LoraSettings(rank=args.lora_rank, alpha=args.lora_alpha) if args.lora_rank > 0 else None
+    trainer = ArmTrainer(model, tokenizer, train, beta=args.beta, config=config, lora=lora, chat=args.chat,
+                         max_length=args.max_length, gradient_checkpointing=args.gradient_checkpointing)
+    before = trainer.evaluate(val) if val else None
+    t1 = time.perf_counter()
+    history = trainer.train()
+    t2 = time.perf_counter()
+    after = trainer.evaluate(val) if val else None
+    trainer.save(args.output)
+    times = {"setup_s": t1 - t0, "train_s": t2 - t1, "total_s": time.perf_counter() - t0}
+    if ctx.is_main:
+        print(f"train pairs: {len(train)}, held-out pairs: {len(val)}; training took {times['train_s']:.1f} s")
+        if val:
+            print(f"held-out ARM loss {before['loss']:.4f} -> {after['loss']:.4f}, "
+                  f"pair accuracy {before['pair_acc']:.3f} -> {after['pair_acc']:.3f}")
+        print(f"reward model written to {args.output}")
+    _write_log(args, ctx, {"history": history, "val_before": before, "val_after": after, "times": times})
+    return 0
+
+
+def _train_router(args) -> int:
+    from . import data
+    from .router import FullLogitsRouter, TopKRouter
+    from .training import RouterTrainer, format_alpha_table
+    from .training.common import distributed_context
+
+    import torch
+
+    config = _config(args)
+    ctx = distributed_context(config.device)
+    t0 = time.perf_counter()
+    base, tokenizer = _load(args.base, args, ctx)
+    reward, _ = _load(args.reward, args, ctx)
+    solutions = _solutions(args, args.num_train + args.num_val)[:args.num_train + args.num_val]
+    examples = [(data.render_prompt(s.question, tokenizer, args.chat), s.text) for s in solutions]
+    if len(examples) <= args.num_val:
+        raise ValueError(f"--num-val={args.num_val} leaves no training examples out of {len(examples)}")
+    train, val = examples[:-args.num_val or None], examples[len(examples) - args.num_val:]
+    torch.manual_seed(args.seed)
+    if args.design == "topk":
+        router = TopKRouter(len(tokenizer), k=args.k, embed_dim=args.embed_dim, hidden=args.hidden,
+                            alpha_max=args.alpha_max)
+    else:
+        router = FullLogitsRouter(len(tokenizer), hidden=args.hidden, alpha_max=args.alpha_max)
+    trainer = RouterTrainer(base, reward, tokenizer, router, train, config=config, max_length=args.max_length,
+                            cache=args.cache)
+    t1 = time.perf_counter()
+    history = trainer.train()
+    t2 = time.perf_counter()
+    grid = [a for a in (0.0, 0.25, 0.5, 1.0, 1.5, 2.0) if a <= args.alpha_max]
+    report = trainer.evaluate(val, fixed_alphas=grid) if val else None
+    trainer.save(args.output)
+    times = {"setup_s": t1 - t0, "train_s": t2 - t1, "total_s": time.perf_counter() - t0}
+    if ctx.is_main:
+        print(f"train examples: {len(train)}, held-out: {len(val)}; training took {times['train_s']:.1f} s")
+        if report:
+            fixed = ", ".join(f"alpha={a:g}: {v:.4f}" for a, v in report["nll_fixed"].items())
+            print(f"held-out NLL per token: router {report['nll']:.4f}; fixed {fixed}")
+            print(format_alpha_table(report["alpha"]))
+        print(f"router written to {args.output}")
+    _write_log(args, ctx, {"history": history, "val": report, "times": times})
+    return 0

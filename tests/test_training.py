@@ -1,0 +1,349 @@
+"""Training on tiny models: ARM loss, reward trainer, router trainer, resume, 2-process DDP.
+
+Run as a script (``python tests/test_training.py OUT``, under torchrun) this file is the
+DDP worker of ``test_ddp_matches_single_process``.
+"""
+import json
+import math
+import os
+import random
+import socket
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from taro_ext import TopKRouter, load_router
+from taro_ext.data import StepPair
+from taro_ext.tiny import char_tokenizer, tiny_llama
+from taro_ext.training import (ArmTrainer, LoraSettings, RouterTrainer, TrainConfig, arm_loss, format_alpha_table,
+                               train_causal_lm)
+from taro_ext.training.common import cosine_with_warmup, global_batch, list_checkpoints, trainable_state
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny models: one thread is faster than two on a machine other processes share.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def quiet(**kw) -> TrainConfig:
+    return TrainConfig(progress=False, **kw)
+
+
+# --- fixtures: a separable pair set, and bigram "models" whose right alpha depends on the token --
+
+def letter_pairs(n: int, seed: int) -> list[StepPair]:
+    """Chosen repeats the prompt's last letter, rejected the other one: separable from the prompt."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        c = rng.choice("ab")
+        noise = "".join(rng.choice("xyz") for _ in range(5))
+        out.append(StepPair(prompt=noise + c, initial_reason_steps="", chosen=c * 3,
+                            rejected=("b" if c == "a" else "a") * 3))
+    return out
+
+
+class BigramLM(nn.Module):
+    """A causal "LM" whose next-token logits are a fixed table row of the current token."""
+
+    def __init__(self, table: torch.Tensor):
+        super().__init__()
+        self.register_buffer("table", table)
+
+    def forward(self, input_ids, logits_to_keep=0, **_):
+        logits = self.table[input_ids]
+        return SimpleNamespace(logits=logits[:, -logits_to_keep:] if logits_to_keep else logits)
+
+
+LETTERS, DIGITS = "abcdefgh", "01234567"
+
+
+def bigram_task(tok):
+    """Sequences alternate letter, digit, letter, ... Each next token is the "right" one w.p.
+    0.6 (digit i after letter i; letter i+1 after digit i), uniform in its class otherwise.
+    The base model is under-confident everywhere; the reward model is sharp and right before
+    digits (alpha > 0 helps) and sharp and wrong before letters (any alpha > 0 hurts)."""
+    v = len(tok)
+    L = tok.convert_tokens_to_ids(list(LETTERS))
+    D = tok.convert_tokens_to_ids(list(DIGITS))
+    base = torch.full((v, v), -30.0)
+    reward = torch.full((v, v), -30.0)
+    for i in range(8):
+        base[L[i], D] = 0.0
+        base[L[i], D[i]] = math.log(3.0)
+        reward[L[i], D] = 0.0
+        reward[L[i], D[i]] = 4.0
+        base[D[i], L] = 0.0
+        base[D[i], L[(i + 1) % 8]] = math.log(3.0)
+        reward[D[i], L] = 0.0
+        reward[D[i], L[(i + 3) % 8]] = 4.0
+    return BigramLM(base), BigramLM(reward)
+
+
+def bigram_examples(n: int, seed: int, length: int = 24) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        cur = rng.randrange(8)
+        prompt, target = LETTERS[cur], []
+        for t in range(length):
+            if t % 2 == 0:
+                cur = cur if rng.random() < 0.6 else rng.randrange(8)
+                target.append(DIGITS[cur])
+            else:
+                cur = (cur + 1) % 8 if rng.random() < 0.6 else rng.randrange(8)
+                target.append(LETTERS[cur])
+        out.append((prompt, "".join(target)))
+    return out
+
+
+# --- ARM loss -----------------------------------------------------------------------------------
+
+def test_arm_loss_matches_hand_computation():
+    chosen = torch.tensor([-3.0, -10.0, -1.5])
+    rejected = torch.tensor([-5.0, -4.0, -1.5])
+    beta = 0.1
+    by_hand = [math.log(1 + math.exp(-beta * (c - r))) for c, r in zip(chosen.tolist(), rejected.tolist())]
+    torch.testing.assert_close(arm_loss(chosen, rejected, beta, reduction="none"), torch.tensor(by_hand))
+    torch.testing.assert_close(arm_loss(chosen, rejected, beta), torch.tensor(sum(by_hand) / 3))
+    with pytest.raises(ValueError, match="beta"):
+        arm_loss(chosen, rejected, 0.0)
+    with pytest.raises(ValueError, match="rejected_logps"):
+        arm_loss(chosen, rejected[:2], beta)
+
+
+def test_pair_logps_match_unpadded_forward():
+    """The batched, left-padded, logits_to_keep path sums the same token log-probs as one plain
+    forward per sequence."""
+    tok = char_tokenizer()
+    model = tiny_llama(len(tok), tokenizer=tok, hidden_size=32, num_layers=1)
+    pairs = [StepPair("12+3", "step: ", "15", "16 and more"), StepPair("a much longer prompt?", "", "ok", "no")]
+    trainer = ArmTrainer(model, tok, pairs, beta=0.1, config=quiet(device="cpu"))
+    chosen, rejected = trainer.pair_logps(trainer.model, trainer.encoded)
+    for i, p in enumerate(pairs):
+        for completion, got in ((p.chosen, chosen[i]), (p.rejected, rejected[i])):
+            ctx = tok(p.prompt + "\n" + p.initial_reason_steps)["input_ids"]
+            comp = tok(completion, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                lp = torch.log_softmax(model(torch.tensor([ctx + comp])).logits[0].float(), -1)
+            expected = sum(lp[len(ctx) - 1 + j, t].item() for j, t in enumerate(comp))
+            assert got.item() == pytest.approx(expected, abs=1e-4)
+    loss = arm_loss(chosen, rejected, 0.1)
+    by_hand = sum(math.log(1 + math.exp(-0.1 * (c - r))) for c, r in zip(chosen.tolist(), rejected.tolist())) / 2
+    assert loss.item() == pytest.approx(by_hand, rel=1e-6)
+
+
+def test_cosine_schedule_with_warmup():
+    f = cosine_with_warmup(total_steps=10, warmup_steps=2)
+    assert [f(0), f(1), f(2)] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert f(6) == pytest.approx(0.5)
+    assert f(10) == pytest.approx(0.0)
+
+
+def test_global_batches_cover_each_epoch_once():
+    seen = [i for step in range(4) for i in global_batch(step, 10, 3, seed=5)]  # 4 steps = 1 epoch
+    assert sorted(seen) == list(range(10))
+    assert global_batch(4, 10, 3, seed=5) != global_batch(0, 10, 3, seed=5)  # epoch 2 reshuffles
+
+
+# --- reward trainer -----------------------------------------------------------------------------
+
+def test_reward_trainer_learns_separable_pairs(tmp_path):
+    tok = char_tokenizer()
+    model = tiny_llama(len(tok), tokenizer=tok, hidden_size=32, num_layers=1)
+    trainer = ArmTrainer(model, tok, letter_pairs(64, seed=0), beta=0.5,
+                         config=quiet(learning_rate=1e-2, batch_size=16, micro_batch_size=8, max_steps=30,
+                                      warmup_steps=3, device="cpu"))
+    held_out = letter_pairs(64, seed=1)
+    assert trainer.evaluate(held_out)["pair_acc"] < 0.75
+    history = trainer.train()
+    assert history[-1]["pair_acc"] > 0.9
+    result = trainer.evaluate(held_out)
+    assert result["pair_acc"] > 0.9
+    trainer.save(str(tmp_path / "rm"))
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "rm"))
+    ids = torch.tensor([tok("xyzab")["input_ids"]])
+    torch.testing.assert_close(reloaded(ids).logits, trainer.model(ids).logits)
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    tok = char_tokenizer()
+    pairs = letter_pairs(24, seed=2)
+
+    def trainer(out, resume=None):
+        model = tiny_llama(len(tok), tokenizer=tok, hidden_size=32, num_layers=1, seed=1)
+        torch.manual_seed(123 if resume else 0)  # a resumed run must not depend on its fresh LoRA init
+        cfg = quiet(learning_rate=5e-3, batch_size=8, micro_batch_size=4, max_steps=6, warmup_steps=2,
+                    output_dir=str(out), checkpoint_every=3, resume_from=resume, device="cpu")
+        return ArmTrainer(model, tok, pairs, beta=0.5, config=cfg, lora=LoraSettings(rank=4, alpha=8))
+
+    full = trainer(tmp_path / "a")
+    full_history = full.train()
+    assert [os.path.basename(p) for p in list_checkpoints(str(tmp_path / "a"))] == ["checkpoint-3"]
+    resumed = trainer(tmp_path / "a", resume="latest")
+    resumed_history = resumed.train()
+    assert [r["step"] for r in resumed_history] == [4, 5, 6]
+    assert [r["loss"] for r in resumed_history] == pytest.approx([r["loss"] for r in full_history[3:]], abs=1e-6)
+    a, b = trainable_state(full.model), trainable_state(resumed.model)
+    assert a.keys() == b.keys() and all("lora" in k for k in a)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+
+
+# --- router trainer -----------------------------------------------------------------------------
+
+def test_router_beats_alpha_zero_and_best_fixed_alpha(tmp_path):
+    tok = char_tokenizer()
+    base, reward = bigram_task(tok)
+    torch.manual_seed(0)
+    router = TopKRouter(len(tok), k=4, embed_dim=4, hidden=16)
+    trainer = RouterTrainer(base, reward, tok, router, bigram_examples(64, seed=0), cache="memory",
+                            config=quiet(learning_rate=3e-2, batch_size=16, micro_batch_size=16, max_steps=60,
+                                         device="cpu"))
+    trainer.train()
+    grid = [i / 10 for i in range(21)]
+    result = trainer.evaluate(bigram_examples(32, seed=1), fixed_alphas=grid)
+    best_fixed = min(result["nll_fixed"].values())
+    assert result["nll"] < best_fixed - 0.02
+    assert best_fixed < result["nll_fixed"][0.0]
+    stats = result["alpha"]
+    assert stats["digit"]["count"] == stats["letter"]["count"] == 32 * 12
+    # The reward model helps before digits only: the router learnt to use it there.
+    assert stats["digit"]["mean"] > 0.25 and stats["letter"]["mean"] < 0.05
+    assert "digit" in format_alpha_table(stats)
+    trainer.save(str(tmp_path / "router"))
+    reloaded = load_router(str(tmp_path / "router"))
+    rows = torch.randn(5, len(tok)), torch.randn(5, len(tok))
+    torch.testing.assert_close(reloaded(*rows), router(*rows))
+
+
+def test_router_disk_cache_matches_on_the_fly(tmp_path):
+    tok = char_tokenizer()
+    examples = bigram_examples(8, seed=3, length=6)
+    base = tiny_llama(len(tok), tokenizer=tok, hidden_size=32, num_layers=1, seed=0)
+    reward = tiny_llama(len(tok), tokenizer=tok, hidden_size=32, num_layers=1, seed=1)
+    results = []
+    for cache in (None, str(tmp_path / "cache"), str(tmp_path / "cache")):  # compute, write, read back
+        torch.manual_seed(0)
+        router = TopKRouter(len(tok), k=4, embed_dim=4, hidden=8)
+        trainer = RouterTrainer(base, reward, tok, router, examples, cache=cache,
+                                config=quiet(learning_rate=1e-2, batch_size=4, micro_batch_size=2, max_steps=4,
+                                             device="cpu"))
+        results.append([r["loss"] for r in trainer.train()])
+    assert results[1] == pytest.approx(results[0], abs=1e-6) and results[2] == pytest.approx(results[0], abs=1e-6)
+    assert len([f for f in os.listdir(tmp_path / "cache") if f.endswith(".pt")]) == 8
+    with pytest.raises(ValueError, match="cache"):
+        RouterTrainer(base, reward, tok, TopKRouter(len(tok), k=4), examples[:3], cache=str(tmp_path / "cache"))
+
+
+def test_train_causal_lm_lowers_loss_on_target_tokens_only():
+    tok = char_tokenizer()
+    model = tiny_llama(len(tok), tokenizer=tok, hidden_size=32, num_layers=1)
+    history = train_causal_lm(model, tok, [("Q: 1+1", "=2"), ("Q: 2+2", "=4")] * 4 + ["plain text"],
+                              quiet(learning_rate=1e-2, batch_size=9, micro_batch_size=5, max_steps=15, device="cpu"))
+    assert history[-1]["loss"] < 0.5 * history[0]["loss"]
+    with pytest.raises(TypeError, match=r"examples\[0\]"):
+        train_causal_lm(model, tok, [("a", "b", "c")], quiet(device="cpu"))
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="micro_batch_size"):
+        TrainConfig(micro_batch_size=0)
+    with pytest.raises(ValueError, match="output_dir"):
+        TrainConfig(checkpoint_every=5)
+
+
+def test_cli_trains_reward_then_router(tmp_path, capsys):
+    from taro_ext.cli import main
+
+    tok = char_tokenizer()
+    tiny_llama(len(tok), tokenizer=tok, hidden_size=32, num_layers=1).save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    common = ["--source", "synthetic", "--max-length", "160", "--batch-size", "4", "--micro-batch-size", "4",
+              "--max-steps", "2", "--no-progress"]
+    assert main(["train-reward", "--model", str(tmp_path / "base"), "--num-train", "4", "--num-val", "2",
+                 "--lora-rank", "4", "--output", str(tmp_path / "rm"), *common]) == 0
+    assert main(["train-router", "--base", str(tmp_path / "base"), "--reward", str(tmp_path / "rm"),
+                 "--num-train", "4", "--num-val", "2", "--k", "4", "--embed-dim", "4", "--hidden", "8",
+                 "--cache", "memory",
+                 "--output", str(tmp_path / "router"), *common]) == 0
+    out = capsys.readouterr().out
+    assert "pair accuracy" in out and "held-out NLL per token" in out and "digit" in out
+    log = json.loads((tmp_path / "router" / "train_log.json").read_text())
+    assert len(log["history"]) == 2 and set(log["val"]["nll_fixed"]) == {"0.0", "0.25", "0.5", "1.0", "1.5", "2.0"}
+    assert load_router(str(tmp_path / "router"), vocab_size=len(tok)).k == 4
+
+
+# --- data parallel ------------------------------------------------------------------------------
+
+DDP_STEPS = 3
+
+
+def ddp_runs(device="cpu"):
+    """Reward (full fine-tuning, global batch 5: uneven slices, zero-weighted micro-batch on
+    rank 1) and router training on fixed data; returns their trainable weights."""
+    tok = char_tokenizer()
+    model = tiny_llama(len(tok), tokenizer=tok, hidden_size=32, num_layers=1, seed=3)
+    arm = ArmTrainer(model, tok, letter_pairs(10, seed=4), beta=0.5,
+                     config=quiet(learning_rate=5e-3, batch_size=5, micro_batch_size=2, max_steps=DDP_STEPS,
+                                  device=device))
+    arm.train()
+    base, reward = bigram_task(tok)
+    torch.manual_seed(0)
+    router = TopKRouter(len(tok), k=4, embed_dim=4, hidden=8)
+    rt = RouterTrainer(base, reward, tok, router, bigram_examples(12, seed=5, length=8),
+                       config=quiet(learning_rate=1e-2, batch_size=6, micro_batch_size=2, max_steps=DDP_STEPS,
+                                    device=device))
+    rt.train()
+    return {"arm": trainable_state(arm.model), "router": trainable_state(rt.router)}
+
+
+def test_ddp_matches_single_process(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ddp.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           f"--master_port={port}", os.path.abspath(__file__), str(out)],
+                          env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    distributed = torch.load(out)
+    single = ddp_runs()
+    for part in ("arm", "router"):
+        assert distributed[part].keys() == single[part].keys()
+        for k in single[part]:
+            torch.testing.assert_close(distributed[part][k], single[part][k], rtol=1e-4, atol=1e-5)
+        moved = max((single[part][k] - v).abs().max().item() for k, v in init_weights()[part].items())
+        assert moved > 1e-3  # training did change the weights
+
+
+def init_weights():
+    tok = char_tokenizer()
+    model = tiny_llama(len(tok), tokenizer=tok, hidden_size=32, num_layers=1, seed=3)
+    torch.manual_seed(0)
+    router = TopKRouter(len(tok), k=4, embed_dim=4, hidden=8)
+    return {"arm": {k: v.detach() for k, v in model.named_parameters()},
+            "router": {k: v.detach() for k, v in router.named_parameters()}}
+
+
+if __name__ == "__main__":
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    weights = ddp_runs()
+    if dist.get_rank() == 0:
+        torch.save(weights, sys.argv[1])
+    dist.destroy_process_group()
