@@ -43,8 +43,14 @@ bench: setup
 	$(PY) -m pytest -q bench --benchmark-only -m "not gpu" --benchmark-json bench/results/cpu.json
 	$(PY) -m taro_ext.benchreport bench/results/cpu.json --out bench/results/cpu.md
 
+# Experiment A (synthetic routing benchmark, tiny models trained here): bench/results/experiment_a.{md,json}.
+experiment-a: setup
+	$(PY) -m taro_ext.evaluation.experiment_a --seeds 0 1 2 --jobs 3 --threads 1 --out bench/results
+
+# The torch-free kernel library and its native test. CI passes CMAKE_ARGS=-DTARO_CUDA=OFF: the
+# extension build (setup.py) has already compiled the CUDA sources with nvcc in that run.
 cmake-test:
-	cmake -S . -B build/cmake -G Ninja -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja) && cmake --build build/cmake && ctest --test-dir build/cmake --output-on-failure
+	cmake -S . -B build/cmake -G Ninja $(CMAKE_ARGS) -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja) && cmake --build build/cmake && ctest --test-dir build/cmake --output-on-failure
 
 clean:
 	rm -rf build build.log taro_ext/_C*.so $(VENV)/.built

@@ -10,6 +10,8 @@ import sys
 # Modules that define add_commands(subparsers). Each sets `func` on its parsers.
 COMMAND_MODULES = [
     "taro_ext.generation_cli",
+    "taro_ext.evaluation_cli",
+    "taro_ext.training_cli",
 ]
 
 
