@@ -94,6 +94,8 @@ setup(
     version="0.1.0",
     description="TARo (Token-level Adaptive Routing) decode step for PyTorch: fused CPU/CUDA/Triton kernels",
     packages=find_packages(include=["taro_ext", "taro_ext.*"]),
+    # The demo's trained reward-model adapters and router (taro_ext/assets).
+    package_data={"taro_ext": ["assets/*/*"]},
     python_requires=">=3.10",
     ext_modules=_extensions(),
     cmdclass=_cmdclass(),

@@ -8,8 +8,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+
+# The demo's reward model (LoRA adapters over SmolLM2) and router, trained with the README's
+# recipe and shipped with the package (a few MB), so the demo runs from a fresh clone.
+ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
+DEMO_REWARD = os.path.join(ASSETS, "smollm2_reward")
+DEMO_ROUTER = os.path.join(ASSETS, "smollm2_router")
+
+
+def _bundled(path: str):
+    return path if os.path.isdir(path) else None
+
 
 DEMO_PROMPTS = [
     "What is 17 * 24? Think step by step.",
@@ -51,8 +63,12 @@ def add_commands(subparsers) -> None:
     p.set_defaults(func=_explain)
 
     p = subparsers.add_parser("demo", help="end-to-end demo on SmolLM2-135M-Instruct: base vs GenARM vs TARo")
-    p.add_argument("--reward", help="trained reward model directory (default: SmolLM2 itself)")
-    p.add_argument("--router", help="trained router directory (default: a seeded random TopKRouter)")
+    p.add_argument("--reward", default=_bundled(DEMO_REWARD),
+                   help="trained reward model directory (default: the LoRA ARM reward model shipped in "
+                        "taro_ext/assets, else SmolLM2 itself)")
+    p.add_argument("--router", default=_bundled(DEMO_ROUTER),
+                   help="trained router directory (default: the router shipped in taro_ext/assets, else a "
+                        "seeded random TopKRouter)")
     p.add_argument("--alpha", type=float, default=1.0, help="GenARM's fixed alpha")
     p.add_argument("--out", default="taro_demo.html", help="explain page of the TARo run")
     _add_decode_args(p, max_new_tokens=40)
