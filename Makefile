@@ -29,7 +29,8 @@ build: $(VENV)/.built
 
 $(VENV)/.built: $(VENV)/.deps-installed setup.py $(NATIVE_SOURCES)
 	$(PY) -m pip install -v --no-build-isolation --no-deps -e . > build.log 2>&1 || (tail -50 build.log; exit 1)
-	@echo "build: $$(grep -c 'nvcc' build.log || true) nvcc lines in build.log"; grep -E '^\[[0-9]+/[0-9]+\]' build.log || true
+	@# The compile steps (compiler and source), so the log shows which sources nvcc compiled.
+	@grep -E '^\s*\[[0-9]+/[0-9]+\] ' build.log | sed -E 's/^\s*(\[[0-9]+\/[0-9]+\]) ([^ ]+) .* -c ([^ ]+) .*/build \1 \2 \3/' || true
 	$(PY) -c "import taro_ext, torch; print('available backends:', taro_ext.available_backends())"
 	touch $@
 

@@ -8,8 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 LIMIT=${1:-200}
 MAX_NEW=${2:-256}
-REWARD=${3:-.cache/training/smollm2_arm}
-ROUTER=${4:-.cache/training/smollm2_router}
+REWARD=${3:-taro_ext/assets/smollm2_reward}
+ROUTER=${4:-taro_ext/assets/smollm2_router}
 METHODS=${5:-base,genarm:0.5,genarm:1,genarm:2,taro}
 OUT=bench/results/experiment_b
 mkdir -p "$OUT"
