@@ -35,6 +35,7 @@ class _RouterBase(nn.Module):
         self.vocab_size = vocab_size
         self.hidden = hidden
         self.alpha_max = float(alpha_max)
+        self.in_features = in_features  # the router input width the config implies
         self.w1 = nn.Parameter(torch.randn(hidden, in_features) / math.sqrt(in_features))
         self.b1 = nn.Parameter(torch.zeros(hidden))
         self.w2 = nn.Parameter(torch.randn(hidden) / math.sqrt(hidden))

@@ -128,8 +128,11 @@ def _check_router(router, vocab_size, device):
         raise ValueError(f"vocab_size={vocab_size} exceeds the router's vocab_size={router.vocab_size}")
     if isinstance(router, TopKRouter) and router.k > vocab_size:
         raise ValueError(f"the router's k={router.k} exceeds vocab_size={vocab_size}")
-    expected_in = _router_in_features(router, vocab_size)
-    shapes = {"w1": (router.hidden, expected_in), "b1": (router.hidden,), "w2": (router.hidden,), "b2": ()}
+    if isinstance(router, FullLogitsRouter) and vocab_size != router.vocab_size:
+        # The full-logits router's input is both rows over exactly its own vocabulary.
+        raise ValueError(f"vocab_size={vocab_size} must equal the full-logits router's "
+                         f"vocab_size={router.vocab_size}")
+    shapes = {"w1": (router.hidden, router.in_features), "b1": (router.hidden,), "w2": (router.hidden,), "b2": ()}
     if isinstance(router, TopKRouter):
         shapes["embed"] = (router.vocab_size, router.embed_dim)
     for name, shape in shapes.items():
@@ -141,16 +144,6 @@ def _check_router(router, vocab_size, device):
             raise TypeError(f"router.{name} must be {' or '.join(map(str, allowed))}, got {p.dtype}")
         if p.device != device:
             raise ValueError(f"router.{name} is on {p.device}, the logits on {device}")
-
-
-def _router_in_features(router, vocab_size):
-    if isinstance(router, TopKRouter):
-        return 2 * router.k + 2 + 2 * router.k * router.embed_dim
-    # The full-logits router's input is both rows over the router's vocabulary.
-    if vocab_size != router.vocab_size:
-        raise ValueError(f"vocab_size={vocab_size} must equal the full-logits router's "
-                         f"vocab_size={router.vocab_size}")
-    return 2 * router.vocab_size
 
 
 def _check_values(base_logits, reward_logits, vocab_size, uniform, mixes_reward):

@@ -132,6 +132,8 @@ def test_full_router_only_on_torch_backend():
     with pytest.raises(ValueError, match="backend"):
         taro_ext.taro_step(logits(), logits(), full, backend="cpu")
     assert taro_ext.taro_step(logits(), logits(), full).tokens.shape == (2,)
+    with pytest.raises(ValueError, match="must equal the full-logits router's vocab_size"):
+        taro_ext.taro_step(logits(), logits(), full, vocab_size=V - 1)
 
 
 def test_router_constructor_errors():
