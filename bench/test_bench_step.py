@@ -201,6 +201,8 @@ def _fused_backends(device_type):
 
 
 def _require_backend(case, backend):
+    if backend not in _fused_backends(case.device.type):
+        pytest.skip(f"backend {backend!r} does not run on {case.device.type} tensors")
     if case.device.type == "cpu" and backend == "triton":
         pytest.skip("Triton runs on CPU only under its interpreter, which is for tests, not timing")
     usable = available_backends(case.device)
@@ -210,8 +212,6 @@ def _require_backend(case, backend):
 
 @pytest.mark.parametrize("backend", ["cpu", "triton", "cuda"])
 def test_genarm_fused(benchmark, case, backend):
-    if backend not in _fused_backends(case.device.type):
-        pytest.skip(f"backend {backend!r} does not run on {case.device.type} tensors")
     _require_backend(case, backend)
     T = case.shape.temperature
     out = _bench(benchmark, case, lambda: genarm_step(case.base, case.reward, GENARM_ALPHA, temperature=T,
@@ -244,7 +244,7 @@ def test_taro_reference(benchmark, case):
 def test_taro_compiled(benchmark, case):
     if not case.shape.compile:
         pytest.skip("torch.compile is timed at one shape per device (each shape is a fresh compile)")
-    weights = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in case.topk_router.weights().items()}
+    weights = case.topk_router.weights()
     compiled = torch.compile(reference.reference_step, fullgraph=True)
     T = case.shape.temperature
 
@@ -259,8 +259,6 @@ def test_taro_compiled(benchmark, case):
 
 @pytest.mark.parametrize("backend", ["cpu", "triton", "cuda"])
 def test_taro_fused(benchmark, case, backend):
-    if backend not in _fused_backends(case.device.type):
-        pytest.skip(f"backend {backend!r} does not run on {case.device.type} tensors")
     _require_backend(case, backend)
     T = case.shape.temperature
     out = _bench(benchmark, case, lambda: taro_step(case.base, case.reward, case.topk_router, temperature=T,

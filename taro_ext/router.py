@@ -56,8 +56,9 @@ class _RouterBase(nn.Module):
 
     # --- shared -------------------------------------------------------------------
     def weights(self) -> dict:
-        """The router's tensors by the spec's names, plus ``alpha_max``."""
-        w = {name: p for name, p in self.named_parameters()}
+        """The router's tensors by the spec's names (detached: the decode step is inference and
+        never builds an autograd graph through the router), plus ``alpha_max``."""
+        w = {name: p.detach() for name, p in self.named_parameters()}
         w["alpha_max"] = self.alpha_max
         return w
 

@@ -199,10 +199,7 @@ def _run(base_logits, reward_logits, router, *, temperature, uniform, vocab_size
         # The kernels read one dtype for both rows; promote both to fp32 (the math is fp32 anyway).
         base_logits, reward_logits = base_logits.float(), reward_logits.float()
 
-    weights = None
-    if router is not None and alpha_override is None:
-        # The step is inference: never build an autograd graph through the router here.
-        weights = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in router.weights().items()}
+    weights = router.weights() if (router is not None and alpha_override is None) else None
     if chosen == "torch":
         k = router.k if isinstance(router, TopKRouter) else None
         out = reference.reference_step(

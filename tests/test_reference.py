@@ -58,13 +58,9 @@ def np_step(base_row, reward_row, V, k, weights=None, alpha_override=None, T=0.0
     return token, alpha, lp[token], lp
 
 
-def torch_weights(router):
-    return {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in router.weights().items()}
-
-
 def check_against_numpy(base, reward, V, router=None, alpha_override=None, T=0.0, uniform=None):
     k = router.k if router is not None else None
-    w = torch_weights(router) if router is not None else None
+    w = router.weights() if router is not None else None
     tokens, alpha, token_lp, lp = reference.reference_step(
         base, reward, vocab_size=V, k=k, router_weights=w, alpha_override=alpha_override,
         temperature=T, uniform=uniform, return_logprobs=True)
@@ -188,7 +184,7 @@ def test_full_logits_router_matches_numpy():
     base, reward = torch.randn(2, V), torch.randn(2, V)
     reward[0, 3] = NEG_INF
     out = taro_ext.taro_step(base, reward, router, backend="torch")
-    w = torch_weights(router)
+    w = router.weights()
     for b in range(2):
         x = np.concatenate([np_log_softmax(base[b].numpy()), np_log_softmax(reward[b].numpy())])
         x = np.maximum(x, -100.0)
