@@ -14,9 +14,11 @@
    reward model is not run), so the three modes share one token-picking rule and one random stream.
 4. Sampling draws one uniform per row per step from a ``torch.Generator`` seeded with ``seed`` on
    the logits' device, so every backend picks the same tokens for the same seed.
-5. A row is finished at an EOS token or when its decoded text contains a stop string; finished
-   rows keep being fed (their outputs are frozen) so the batch keeps its shape, and the loop ends
-   when every row is finished or after ``max_new_tokens`` steps.
+5. A row is finished at an EOS token or when its decoded text contains a stop string; the loop
+   ends when every row is finished or after ``max_new_tokens`` steps. With the dynamic cache,
+   finished rows are dropped from the batch (their cache rows, mask and positions), so a long
+   tail of unfinished rows costs only its own rows; with the static cache (fixed shapes for the
+   CUDA graph) finished rows keep being fed a pad token and their outputs are frozen.
 
 Host synchronisation: the value checks of ``taro_step`` (NaN, rows with no finite logit) run on
 the first step only (``check_inputs=False`` afterwards: each check is a device sync). The loop
@@ -223,27 +225,31 @@ class TaroGenerator:
                    else _DynamicDecoder(self))
         rng = torch.Generator(device=self.step_device).manual_seed(seed)
 
-        def draw():
+        def draw(rows):
+            # One uniform per prompt per step, whatever rows are still decoded: a row's draws do not
+            # depend on when other rows finish, so both caches and every backend pick the same tokens.
             if temperature == 0:
                 return None
-            return torch.rand(batch, generator=rng, device=self.step_device)
+            u = torch.rand(batch, generator=rng, device=self.step_device)
+            return u if len(rows) == batch else u[torch.tensor(rows, device=u.device)]
 
         out_ids = [[] for _ in range(batch)]
         out_alpha = [[] for _ in range(batch)]
         texts: list[Optional[str]] = [None] * batch
         finished = [False] * batch
         eos = set(self.eos_ids)
-        step = decoder.prefill(ids, mask, temperature, draw())
+        rows = list(range(batch))  # the prompt behind each row of the decoder's batch
+        step = decoder.prefill(ids, mask, temperature, draw(rows))
         for n in range(max_new_tokens):
             # One device -> host copy per step: tokens and alphas together.
             host = torch.stack([step.tokens.double(), step.alpha.double()]).cpu()
             tokens, alphas = host[0].long().tolist(), host[1].tolist()
-            for row in range(batch):
+            for row, token, alpha in zip(rows, tokens, alphas):
                 if finished[row]:
                     continue
-                out_ids[row].append(tokens[row])
-                out_alpha[row].append(alphas[row])
-                if tokens[row] in eos:
+                out_ids[row].append(token)
+                out_alpha[row].append(alpha)
+                if token in eos:
                     finished[row] = True
                 elif stop:
                     text = self.tokenizer.decode(out_ids[row], skip_special_tokens=True)
@@ -254,8 +260,13 @@ class TaroGenerator:
                 progress(n + 1, batch - sum(finished))
             if all(finished) or n + 1 == max_new_tokens:
                 break
-            feed = torch.tensor([self.pad_id if f else t for f, t in zip(finished, tokens)], dtype=torch.long)
-            step = decoder.decode(feed, temperature, draw())
+            if decoder.drops_finished_rows and any(finished[row] for row in rows):
+                keep = [i for i, row in enumerate(rows) if not finished[row]]
+                decoder.keep_rows(keep)
+                rows, tokens = [rows[i] for i in keep], [tokens[i] for i in keep]
+            feed = torch.tensor([self.pad_id if finished[row] else t for row, t in zip(rows, tokens)],
+                                dtype=torch.long)
+            step = decoder.decode(feed, temperature, draw(rows))
         texts = [t if t is not None else self.tokenizer.decode(ids_, skip_special_tokens=True)
                  for t, ids_ in zip(texts, out_ids)]
         return GenerationOutput(texts, out_ids, out_alpha, [len(p) for p in prompt_ids])
@@ -272,6 +283,8 @@ def _forward_last(model, cache, ids, mask, positions) -> torch.Tensor:
 class _DynamicDecoder:
     """``DynamicCache`` per model; the attention mask grows by one column per step."""
 
+    drops_finished_rows = True
+
     def __init__(self, gen: TaroGenerator):
         from transformers import DynamicCache
 
@@ -287,6 +300,13 @@ class _DynamicDecoder:
         # Validate the logits' values once; later steps skip the (synchronising) value checks.
         return self._run(ids, temperature, uniform, check_inputs=True)
 
+    def keep_rows(self, keep: list[int]):
+        """Drop every batch row not in ``keep`` (finished prompts) from the caches, mask and positions."""
+        for model, cache in self.models:
+            cache.batch_select_indices(torch.tensor(keep, device=_device_of(model, output=False)))
+        index = torch.tensor(keep, device=self.mask.device)
+        self.mask, self.positions = self.mask[index], self.positions[index]
+
     def decode(self, tokens, temperature, uniform):
         self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
         self.positions = self.positions[:, -1:] + 1
@@ -299,6 +319,8 @@ class _StaticDecoder:
     captured once in a CUDA graph (both forwards and the TARo step) and replayed for every token,
     as in gpt-fast. On CPU the same step runs eagerly.
     """
+
+    drops_finished_rows = False  # fixed shapes: finished rows are fed a pad token instead
 
     def __init__(self, gen: TaroGenerator, batch: int, max_len: int):
         from transformers import StaticCache

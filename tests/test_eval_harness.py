@@ -75,6 +75,19 @@ def test_run_methods_and_report(tiny_setup, tmp_path):
     assert os.path.getsize(paths["plot"]) > 0
 
 
+def test_batches_by_prompt_length_keep_item_order_and_outputs(tiny_setup):
+    tok, base, reward, router = tiny_setup
+    # Longest first, so length-sorted batches reorder the items.
+    items = [EvalItem(str(i), p, "0") for i, p in enumerate(["what is 12+30?", "1+1=", "7*6 =", "99-9", "5"])]
+    run = lambda batch_size: run_methods("synthetic", items, parse_methods("base,taro"), base_model=base,
+                                         reward_model=reward, router=router, tokenizer=tok, max_new_tokens=5,
+                                         batch_size=batch_size, chat=False, backend="torch", progress=False)
+    one_by_one, batched = run(1), run(2)
+    assert [(r["method"], r["id"]) for r in batched["items"]] == [(m, it.id) for m in ("base", "taro") for it in items]
+    for a, b in zip(one_by_one["items"], batched["items"]):
+        assert (a["id"], a["output"], a["n_tokens"]) == (b["id"], b["output"], b["n_tokens"])
+
+
 def test_alpaca_eval_outputs_layout(tiny_setup, tmp_path):
     tok, base, _, _ = tiny_setup
     items = load_items("alpaca_eval", limit=2)

@@ -177,6 +177,33 @@ def test_stop_strings_and_eos_finish_rows_without_stalling_others(tiny, tmp_path
     assert len(out.token_ids[1]) <= 5
 
 
+def test_finished_rows_leave_the_dynamic_batch_with_the_same_tokens_as_the_static_cache(tiny):
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny.dirs["base"]).eval()
+    greedy = TaroGenerator(base, tiny.reward, tiny.router, tiny.tok, backend="torch").generate(PROMPTS, STEPS)
+    # Row 1 ends at its 3rd token; rows that generate that token earlier end with it.
+    base.generation_config.eos_token_id = [tiny.tok.eos_token_id, greedy.token_ids[1][2]]
+    batch_sizes = []
+    base.register_forward_hook(lambda module, args, kwargs, out: batch_sizes.append(kwargs["input_ids"].shape[0]),
+                               with_kwargs=True)
+    for temperature in (0.0, 1.0):
+        outs = {}
+        for cache in ("dynamic", "static"):
+            batch_sizes.clear()
+            gen = TaroGenerator(base, tiny.reward, tiny.router, tiny.tok, backend="torch", cache=cache)
+            outs[cache] = gen.generate(PROMPTS, STEPS, temperature=temperature, seed=3)
+            if cache == "dynamic":
+                finished = [len(ids) < STEPS for ids in outs[cache].token_ids]
+                assert any(finished) and not all(finished)
+                assert batch_sizes[0] == len(PROMPTS) and batch_sizes[-1] == len(PROMPTS) - sum(finished)
+            else:
+                assert set(batch_sizes) == {len(PROMPTS)}
+        assert outs["dynamic"].token_ids == outs["static"].token_ids, temperature
+        for dynamic, static in zip(outs["dynamic"].alphas, outs["static"].alphas):
+            assert dynamic == pytest.approx(static, abs=1e-5)
+
+
 def test_chat_mode_uses_the_chat_template(tiny):
     gen = TaroGenerator(tiny.base, None, None, tiny.tok, mode="base", backend="torch")
     out = gen.generate(["hi", "2+2"], max_new_tokens=3, chat=True)

@@ -92,24 +92,26 @@ def run_methods(task: str, items: Sequence[EvalItem], methods: Sequence[Method],
         raise ValueError("router is required for the taro method")
     graded = task != "alpaca_eval"
     records, summary = [], {}
+    # Batches of similar prompt length waste little compute on left padding; records keep item order.
+    by_length = sorted(range(len(items)), key=lambda i: len(items[i].prompt))
     for method in methods:
         generator = TaroGenerator(base_model, reward_model if method.mode != "base" else None,
                                   router if method.mode == "taro" else None, tokenizer, mode=method.mode,
                                   alpha=method.alpha if method.alpha is not None else 1.0, backend=backend)
         start = time.perf_counter()
-        n_tokens, outputs = 0, []
+        n_tokens, by_item = 0, {}
         batches = range(0, len(items), batch_size)
         if progress:
             from tqdm.auto import tqdm
 
             batches = tqdm(batches, desc=f"{task} {method.name}", dynamic_ncols=True)
         for b in batches:
-            chunk = items[b:b + batch_size]
-            out = generator.generate([it.prompt for it in chunk], max_new_tokens=max_new_tokens, temperature=0.0,
-                                     stop=list(stop) if stop else None, chat=chat)
-            for it, text, ids, alphas in zip(chunk, out.texts, out.token_ids, out.alphas):
+            chunk = by_length[b:b + batch_size]
+            out = generator.generate([items[i].prompt for i in chunk], max_new_tokens=max_new_tokens,
+                                     temperature=0.0, stop=list(stop) if stop else None, chat=chat)
+            for i, text, ids, alphas in zip(chunk, out.texts, out.token_ids, out.alphas):
+                it = items[i]
                 n_tokens += len(ids)
-                outputs.append(text)
                 record = {"id": it.id, "method": method.name, "output": text, "n_tokens": len(ids)}
                 if graded:
                     record["gold"] = it.gold
@@ -117,8 +119,10 @@ def run_methods(task: str, items: Sequence[EvalItem], methods: Sequence[Method],
                 if method.mode == "taro":
                     record["alphas"] = [round(float(a), 5) for a in alphas]
                     record["token_classes"] = [token_class(tokenizer.decode([t])) for t in ids]
-                records.append(record)
+                by_item[i] = record
         seconds = time.perf_counter() - start
+        records += [by_item[i] for i in range(len(items))]
+        outputs = [by_item[i]["output"] for i in range(len(items))]
         summary[method.name] = _summarise(method, [r for r in records if r["method"] == method.name], seconds,
                                           n_tokens)
         if task == "alpaca_eval":
