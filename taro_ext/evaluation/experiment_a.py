@@ -34,7 +34,7 @@ import re
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Optional, Sequence
 
 import torch
@@ -249,19 +249,22 @@ def summarise(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# The config fields the command line can set.
+CLI_FIELDS = ("n_train", "n_test", "n_decode", "base_steps", "reward_sft_steps", "arm_steps", "router_steps")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default="bench/results", help="writes experiment_a.json and experiment_a.md here")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process (default: torch's)")
     parser.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes")
-    for f in ("n_train", "n_test", "n_decode", "base_steps", "reward_sft_steps", "arm_steps", "router_steps"):
+    for f in CLI_FIELDS:
         parser.add_argument("--" + f.replace("_", "-"), type=int, default=getattr(ExperimentAConfig, f))
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    base_cfg = ExperimentAConfig(**{f: getattr(args, f) for f in ("n_train", "n_test", "n_decode", "base_steps",
-                                                                  "reward_sft_steps", "arm_steps", "router_steps")})
+    base_cfg = ExperimentAConfig(**{f: getattr(args, f) for f in CLI_FIELDS})
     from .harness import machine_description
 
     start = time.perf_counter()

@@ -3,7 +3,7 @@
 - ``math500`` / ``math``: math-verify (Hugging Face) extracts the last ``\\boxed{}`` (or a final
   LaTeX / plain expression), normalises the LaTeX and checks symbolic equivalence, with a time
   limit per item. Its time limit uses ``signal.alarm``, which only works in the main thread;
-  elsewhere the grader runs math-verify without a time limit (see ``_in_main_thread``).
+  elsewhere the grader runs math-verify without a time limit (see ``_time_limit``).
 - ``gsm8k`` and ``synthetic``: the gold is a number, or a GSM8K answer ending in ``#### N``;
   the output's answer is its last ``\\boxed{}``, else its ``#### N``, else its last number.
   Numbers compare exactly as decimals (``1,000`` == ``1000`` == ``1000.00``).
@@ -31,8 +31,9 @@ OPTION_LETTERS = "ABCDEFGHIJ"
 MATH_TIMEOUT_S = 5
 
 
-def _in_main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
+def _time_limit() -> Optional[int]:
+    """math-verify's per-item limit, or None off the main thread (its ``signal.alarm`` needs it)."""
+    return MATH_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
 
 
 # --- \boxed{...} with balanced braces ---------------------------------------------------------
@@ -67,25 +68,22 @@ def _math_verify():
 def parse_math_gold(answer: str):
     """math-verify's parse of a MATH gold answer (the ``answer`` field, bare LaTeX)."""
     expr_cfg, latex_cfg, parse, _ = _math_verify()
-    limit = MATH_TIMEOUT_S if _in_main_thread() else None
     return parse("$\\boxed{" + answer + "}$", extraction_config=[latex_cfg(), expr_cfg()],
-                 parsing_timeout=limit)
+                 parsing_timeout=_time_limit())
 
 
 def parse_math_output(output_text: str):
     """math-verify's parse of a model output: the boxed answer first, then a final expression."""
     expr_cfg, latex_cfg, parse, _ = _math_verify()
-    limit = MATH_TIMEOUT_S if _in_main_thread() else None
     return parse(output_text, extraction_config=[latex_cfg(boxed_match_priority=0), expr_cfg()],
-                 parsing_timeout=limit)
+                 parsing_timeout=_time_limit())
 
 
 def verify_math(gold_parsed, output_parsed) -> bool:
     *_, verify = _math_verify()
-    limit = MATH_TIMEOUT_S if _in_main_thread() else None
     if not gold_parsed or not output_parsed:
         return False
-    return bool(verify(gold_parsed, output_parsed, timeout_seconds=limit))
+    return bool(verify(gold_parsed, output_parsed, timeout_seconds=_time_limit()))
 
 
 def grade_math(output_text: str, gold: str) -> bool:

@@ -121,12 +121,11 @@ def run_methods(task: str, items: Sequence[EvalItem], methods: Sequence[Method],
                     record["token_classes"] = [token_class(tokenizer.decode([t])) for t in ids]
                 by_item[i] = record
         seconds = time.perf_counter() - start
-        records += [by_item[i] for i in range(len(items))]
-        outputs = [by_item[i]["output"] for i in range(len(items))]
-        summary[method.name] = _summarise(method, [r for r in records if r["method"] == method.name], seconds,
-                                          n_tokens)
+        method_records = [by_item[i] for i in range(len(items))]
+        records += method_records
+        summary[method.name] = _summarise(method, method_records, seconds, n_tokens)
         if task == "alpaca_eval":
-            summary[method.name]["outputs"] = outputs
+            summary[method.name]["outputs"] = [r["output"] for r in method_records]
     return {"task": task, "n_items": len(items), "methods": [m.name for m in methods], "summary": summary,
             "items": records, "machine": machine_description()}
 
