@@ -14,12 +14,13 @@ def add_commands(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--task", required=True, choices=EVAL_TASKS)
     p.add_argument("--methods", default="base,genarm:0.5,genarm:1,genarm:2,taro",
-                   help="comma-separated: base, genarm:ALPHA, taro")
+                   help="comma-separated: base, genarm:ALPHA, taro, taro-full")
     p.add_argument("--limit", type=int, default=None, help="first N items (synthetic: N generated items, default 200)")
     p.add_argument("--data", default=None, help="data file (default: ../shared/data/<the task's file>)")
     p.add_argument("--base", default="smollm2", help="base model: 'smollm2' or a checkpoint directory")
     p.add_argument("--reward", default=None, help="reward model checkpoint directory (genarm and taro)")
     p.add_argument("--router", default=None, help="router directory (taro)")
+    p.add_argument("--full-router", default=None, help="full-logits router directory (taro-full)")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--no-chat", action="store_true", help="feed the prompt as plain text, not through the chat template")
@@ -31,6 +32,27 @@ def add_commands(subparsers) -> None:
     p.add_argument("--stem", default=None, help="output file stem (default: eval_<task>)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_run_eval)
+
+    p = subparsers.add_parser(
+        "eval-likelihood", help="score given text under each method's distribution (out-of-domain checks)",
+        description="alpaca_eval: per-token NLL of the reference outputs; medqa/medxpertqa: accuracy by option "
+                    "log-likelihood (lm-evaluation-harness style). Writes <out>/<stem>.json and .md.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--task", required=True, choices=("alpaca_eval", "medqa", "medxpertqa"))
+    p.add_argument("--methods", default="base,genarm:0.5,genarm:1,genarm:2,taro")
+    p.add_argument("--limit", type=int, default=None, help="first N items")
+    p.add_argument("--data", default=None, help="data file (default: ../shared/data/<the task's file>)")
+    p.add_argument("--base", default="smollm2")
+    p.add_argument("--reward", default=None)
+    p.add_argument("--router", default=None)
+    p.add_argument("--full-router", default=None)
+    p.add_argument("--max-length", type=int, default=512, help="tokens per scored text (context cut on the left)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--no-chat", action="store_true")
+    p.add_argument("--out", default="eval_results")
+    p.add_argument("--stem", default=None, help="output file stem (default: likelihood_<task>)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_run_likelihood)
 
 
 def _run_eval(args) -> int:
@@ -52,7 +74,9 @@ def _run_eval(args) -> int:
     base, tokenizer = load_model(args.base, dtype=dtype, device=device)
     reward = load_model(args.reward, dtype=dtype, device=device)[0] if args.reward else None
     router = load_router(args.router, map_location=device) if args.router else None
+    full_router = load_router(args.full_router, map_location=device) if args.full_router else None
     results = run_methods(args.task, items, methods, base_model=base, reward_model=reward, router=router,
+                          full_router=full_router,
                           tokenizer=tokenizer, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                           chat=not args.no_chat, backend=args.backend, stop=args.stop,
                           progress=not args.no_progress)
@@ -60,4 +84,43 @@ def _run_eval(args) -> int:
     paths = write_report(results, args.out, args.stem, items)
     print(markdown_table(results))
     print("wrote " + ", ".join(paths.values()))
+    return 0
+
+
+def _run_likelihood(args) -> int:
+    import json
+    import os
+
+    from .data import _read_records
+    from .evaluation import likelihood
+    from .evaluation.datasets import default_path
+    from .evaluation.harness import machine_description, parse_methods
+    from .models import load_model
+    from .router import load_router
+
+    methods = parse_methods(args.methods)
+    base, tokenizer = load_model(args.base)
+    reward = load_model(args.reward)[0] if args.reward else None
+    if any(m.mode != "base" for m in methods) and reward is None:
+        raise SystemExit("--reward is required for genarm and taro methods")
+    routers = {"taro": load_router(args.router) if args.router else None,
+               "taro-full": load_router(args.full_router) if args.full_router else None}
+    for m in methods:
+        if m.mode == "taro" and routers[m.name] is None:
+            raise SystemExit(f"--{'router' if m.name == 'taro' else 'full-router'} is required for {m.name}")
+    records = _read_records(args.data or default_path(args.task))[:args.limit]
+    score = likelihood.alpaca_nll if args.task == "alpaca_eval" else likelihood.choice_accuracy
+    result = score(base, reward, tokenizer, records, methods, routers, chat=not args.no_chat,
+                   max_length=args.max_length, batch_size=args.batch_size, progress=not args.no_progress)
+    result.update(task=args.task, machine=machine_description(),
+                  config={k: v for k, v in vars(args).items() if k != "func"})
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, args.stem or f"likelihood_{args.task}")
+    with open(stem + ".json", "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=1)
+    table = likelihood.markdown_table(result)
+    with open(stem + ".md", "w", encoding="utf-8") as f:
+        f.write(table)
+    print(table)
+    print(f"wrote {stem}.json, {stem}.md")
     return 0

@@ -11,7 +11,7 @@ import json
 import os
 import time
 
-DATA_SOURCES = ("gsm8k", "math", "synthetic")
+DATA_SOURCES = ("gsm8k", "math", "synthetic", "arithmetic")
 
 
 def _add_model_args(p, names):
@@ -57,6 +57,12 @@ def add_commands(subparsers) -> None:
     _add_data_args(p, "pairs")
     p.add_argument("--pairs", default=None,
                    help="Math-Step-DPO-10K style JSON/JSONL pairs (instead of building them from --source)")
+    p.add_argument("--sft", default=None, metavar="JSONL",
+                   help="warm start: SFT on these (question, solution) records before the pair loss")
+    p.add_argument("--sft-epochs", type=float, default=1.0)
+    p.add_argument("--sft-lr", type=float, default=None, help="SFT learning rate (default: --lr)")
+    p.add_argument("--nll-weight", type=float, default=0.0,
+                   help="add this times the chosen step's per-token NLL to the pair loss")
     p.add_argument("--beta", type=float, default=0.05, help="ARM loss beta (GenARM: 0.05 to 0.1)")
     p.add_argument("--lora-rank", type=int, default=16, help="LoRA rank; 0 fine-tunes every weight")
     p.add_argument("--lora-alpha", type=int, default=32)
@@ -74,8 +80,22 @@ def add_commands(subparsers) -> None:
     p.add_argument("--alpha-max", type=float, default=2.0)
     p.add_argument("--cache", default=None,
                    help="keep the frozen models' logits: 'memory' or a directory (small sets)")
+    p.add_argument("--examples", default=None, metavar="JSONL",
+                   help="(prompt, completion[, domain]) records (instead of --source); the last --num-val "
+                        "are held out and evaluated per domain")
     _add_optim_args(p, lr=1e-3)
     p.set_defaults(func=_train_router)
+
+    p = subparsers.add_parser("make-data", help="write the SmolLM2 recipe's training files (SFT, pairs, router)")
+    _add_model_args(p, ["base"])
+    p.add_argument("--output", required=True, help="directory for sft.jsonl, pairs.jsonl, router.jsonl")
+    p.add_argument("--num-sft", type=int, default=1200, help="arithmetic SFT solutions")
+    p.add_argument("--num-pairs", type=int, default=1600, help="arithmetic step pairs")
+    p.add_argument("--num-gsm8k-pairs", type=int, default=160, help="GSM8K train step pairs")
+    p.add_argument("--num-router", type=int, default=240, help="arithmetic router solutions")
+    p.add_argument("--general-prompts", default=None, help="general instructions file (default: the shipped list)")
+    p.add_argument("--max-new-tokens", type=int, default=160, help="length of the base's general answers")
+    p.set_defaults(func=_make_data)
 
 
 def _config(args):
@@ -98,10 +118,12 @@ def _load(name, args, ctx):
 
 
 def _solutions(args, count):
-    from . import data
+    from . import arithmetic, data
 
     if args.source == "synthetic":
         return data.synthetic_arithmetic(count, seed=args.seed)
+    if args.source == "arithmetic":
+        return [s for _, s in arithmetic.graded_problems(count, seed=args.seed)]
     load = data.load_gsm8k if args.source == "gsm8k" else data.load_math
     return load(args.data_path)
 
@@ -132,21 +154,38 @@ def _train_reward(args) -> int:
     train, val = pairs[:len(pairs) - args.num_val][:args.num_train], pairs[len(pairs) - args.num_val:]
     lora = LoraSettings(rank=args.lora_rank, alpha=args.lora_alpha) if args.lora_rank > 0 else None
     trainer = ArmTrainer(model, tokenizer, train, beta=args.beta, config=config, lora=lora, chat=args.chat,
-                         max_length=args.max_length, gradient_checkpointing=args.gradient_checkpointing)
+                         max_length=args.max_length, gradient_checkpointing=args.gradient_checkpointing,
+                         nll_weight=args.nll_weight)
     before = trainer.evaluate(val) if val else None
     t1 = time.perf_counter()
+    sft_history, after_sft = None, None
+    if args.sft:
+        from dataclasses import replace
+
+        from .training.recipe_data import read_examples
+
+        examples = [(r["question"], r["solution"]) for r in read_examples(args.sft, ("question", "solution"))]
+        sft_config = replace(config, epochs=args.sft_epochs, max_steps=None, learning_rate=args.sft_lr or args.lr,
+                             checkpoint_every=None, resume_from=None)
+        sft_history = trainer.warm_start(examples, sft_config)
+        after_sft = trainer.evaluate(val) if val else None
+    t_sft = time.perf_counter()
     history = trainer.train()
     t2 = time.perf_counter()
     after = trainer.evaluate(val) if val else None
     trainer.save(args.output, base_model=args.model)
-    times = {"setup_s": t1 - t0, "train_s": t2 - t1, "total_s": time.perf_counter() - t0}
+    times = {"setup_s": t1 - t0, "sft_s": t_sft - t1, "train_s": t2 - t_sft, "total_s": time.perf_counter() - t0}
     if ctx.is_main:
-        print(f"train pairs: {len(train)}, held-out pairs: {len(val)}; training took {times['train_s']:.1f} s")
+        print(f"train pairs: {len(train)}, held-out pairs: {len(val)}; SFT took {times['sft_s']:.1f} s, "
+              f"pair training {times['train_s']:.1f} s")
         if val:
-            print(f"held-out ARM loss {before['loss']:.4f} -> {after['loss']:.4f}, "
-                  f"pair accuracy {before['pair_acc']:.3f} -> {after['pair_acc']:.3f}")
+            mid = (f" -> {after_sft['loss']:.4f} after SFT" if after_sft else "")
+            mid_acc = (f" -> {after_sft['pair_acc']:.3f} after SFT" if after_sft else "")
+            print(f"held-out ARM loss {before['loss']:.4f}{mid} -> {after['loss']:.4f}, "
+                  f"pair accuracy {before['pair_acc']:.3f}{mid_acc} -> {after['pair_acc']:.3f}")
         print(f"reward model written to {args.output}")
-    _write_log(args, ctx, {"history": history, "val_before": before, "val_after": after, "times": times})
+    _write_log(args, ctx, {"history": history, "sft_history": sft_history, "val_before": before,
+                           "val_after_sft": after_sft, "val_after": after, "times": times})
     return 0
 
 
@@ -163,11 +202,18 @@ def _train_router(args) -> int:
     t0 = time.perf_counter()
     base, tokenizer = _load(args.base, args, ctx)
     reward, _ = _load(args.reward, args, ctx)
-    solutions = _solutions(args, args.num_train + args.num_val)[:args.num_train + args.num_val]
-    examples = [(data.render_prompt(s.question, tokenizer, args.chat), s.text) for s in solutions]
+    if args.examples:
+        from .training.recipe_data import read_examples
+
+        records = read_examples(args.examples, ("prompt", "completion"))[:args.num_train + args.num_val]
+    else:
+        solutions = _solutions(args, args.num_train + args.num_val)[:args.num_train + args.num_val]
+        records = [{"prompt": s.question, "completion": s.text} for s in solutions]
+    examples = [(data.render_prompt(r["prompt"], tokenizer, args.chat), r["completion"]) for r in records]
     if len(examples) <= args.num_val:
         raise ValueError(f"--num-val={args.num_val} leaves no training examples out of {len(examples)}")
-    train, val = examples[:-args.num_val or None], examples[len(examples) - args.num_val:]
+    n_train = len(examples) - args.num_val
+    train, val = examples[:n_train], examples[n_train:]
     torch.manual_seed(args.seed)
     if args.design == "topk":
         router = TopKRouter(len(tokenizer), k=args.k, embed_dim=args.embed_dim, hidden=args.hidden,
@@ -181,14 +227,37 @@ def _train_router(args) -> int:
     t2 = time.perf_counter()
     grid = [a for a in (0.0, 0.25, 0.5, 1.0, 1.5, 2.0) if a <= args.alpha_max]
     report = trainer.evaluate(val, fixed_alphas=grid) if val else None
+    domains = sorted({r["domain"] for r in records[n_train:] if "domain" in r})
+    if val and len(domains) > 1:
+        report["by_domain"] = {d: trainer.evaluate([e for e, r in zip(val, records[n_train:]) if r.get("domain") == d],
+                                                   fixed_alphas=grid) for d in domains}
     trainer.save(args.output)
     times = {"setup_s": t1 - t0, "train_s": t2 - t1, "total_s": time.perf_counter() - t0}
     if ctx.is_main:
         print(f"train examples: {len(train)}, held-out: {len(val)}; training took {times['train_s']:.1f} s")
-        if report:
-            fixed = ", ".join(f"alpha={a:g}: {v:.4f}" for a, v in report["nll_fixed"].items())
-            print(f"held-out NLL per token: router {report['nll']:.4f}; fixed {fixed}")
-            print(format_alpha_table(report["alpha"]))
+        for name, rep in ([("all", report)] + list(report.get("by_domain", {}).items()) if report else []):
+            fixed = ", ".join(f"alpha={a:g}: {v:.4f}" for a, v in rep["nll_fixed"].items())
+            print(f"held-out NLL per token ({name}, {rep['tokens']} tokens): router {rep['nll']:.4f}; fixed {fixed}")
+            print(format_alpha_table(rep["alpha"]))
         print(f"router written to {args.output}")
     _write_log(args, ctx, {"history": history, "val": report, "times": times})
+    return 0
+
+
+def _make_data(args) -> int:
+    from .training import recipe_data
+    from .training.common import distributed_context
+
+    t0 = time.perf_counter()
+    os.makedirs(args.output, exist_ok=True)
+    recipe_data.write_jsonl(recipe_data.sft_examples(args.num_sft), os.path.join(args.output, "sft.jsonl"))
+    pairs = recipe_data.preference_pairs(args.num_pairs, args.num_gsm8k_pairs)
+    recipe_data.write_jsonl([p.to_dict() for p in pairs], os.path.join(args.output, "pairs.jsonl"))
+    base, tokenizer = _load(args.base, args, distributed_context(None))
+    rows = recipe_data.router_examples(args.num_router, base, tokenizer,
+                                       prompts=recipe_data.general_prompts(args.general_prompts),
+                                       max_new_tokens=args.max_new_tokens)
+    recipe_data.write_jsonl(rows, os.path.join(args.output, "router.jsonl"))
+    print(f"wrote {args.num_sft} SFT solutions, {len(pairs)} pairs, {len(rows)} router examples "
+          f"to {args.output} in {time.perf_counter() - t0:.1f} s")
     return 0

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from taro_ext.evaluation.datasets import EvalItem, load_items
-from taro_ext.evaluation.harness import parse_methods, run_methods, wilson_interval, write_report
+from taro_ext.evaluation.harness import parse_methods, run_methods, write_report
 
 
 def test_parse_methods():
@@ -15,12 +15,6 @@ def test_parse_methods():
     for bad in ("", "genarm:x", "genarm:-1", "beam", "base,base"):
         with pytest.raises(ValueError, match="methods"):
             parse_methods(bad)
-
-
-def test_wilson_interval():
-    low, high = wilson_interval(5, 10)
-    assert low == pytest.approx(0.2366, abs=1e-4) and high == pytest.approx(0.7634, abs=1e-4)
-    assert wilson_interval(0, 20)[0] == 0.0 and wilson_interval(20, 20)[1] == pytest.approx(1.0)
 
 
 def test_load_items_builds_graded_prompts():

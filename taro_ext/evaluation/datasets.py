@@ -58,18 +58,26 @@ def load_items(task: str, path: Optional[str] = None, limit: Optional[int] = Non
                synthetic_seed: int = 1234) -> list[EvalItem]:
     """The first ``limit`` items of ``task``'s evaluation set.
 
-    ``synthetic`` has no file: it is ``taro_ext.data.synthetic_arithmetic`` under
-    ``synthetic_seed`` (a seed the training recipes do not use, so the items are held out).
+    ``synthetic`` and ``arithmetic`` have no file: they are generated under ``synthetic_seed`` (a
+    seed the training recipes do not use, so the items are held out): ``synthetic`` by
+    ``taro_ext.data.synthetic_arithmetic``, ``arithmetic`` by ``taro_ext.arithmetic.graded_problems``
+    (four difficulty levels in turn; the user message is the question alone, as a user would ask it,
+    and each item's ``meta["level"]`` gives its level).
     """
     if task not in EVAL_TASKS:
         raise ValueError(f"task must be one of {EVAL_TASKS}, got {task!r}")
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be a positive int, got {limit!r}")
+    if task in ("synthetic", "arithmetic") and path is not None:
+        raise ValueError(f"path: the {task} task is generated, it reads no file")
+    if task == "arithmetic":
+        from ..arithmetic import graded_problems
+
+        return [EvalItem(f"arithmetic-{i}", s.question, s.answer, {"level": level})
+                for i, (level, s) in enumerate(graded_problems(limit or 200, seed=synthetic_seed))]
     if task == "synthetic":
         from ..data import synthetic_arithmetic
 
-        if path is not None:
-            raise ValueError("path: the synthetic task is generated, it reads no file")
         return [EvalItem(f"synthetic-{i}", f"{s.question}\n{MATH_INSTRUCTION}", s.answer)
                 for i, s in enumerate(synthetic_arithmetic(limit or 200, seed=synthetic_seed))]
     records = _read(path or default_path(task))[:limit]

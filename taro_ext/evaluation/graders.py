@@ -4,7 +4,7 @@
   LaTeX / plain expression), normalises the LaTeX and checks symbolic equivalence, with a time
   limit per item. Its time limit uses ``signal.alarm``, which only works in the main thread;
   elsewhere the grader runs math-verify without a time limit (see ``_time_limit``).
-- ``gsm8k`` and ``synthetic``: the gold is a number, or a GSM8K answer ending in ``#### N``;
+- ``gsm8k``, ``synthetic`` and ``arithmetic``: the gold is a number, or a GSM8K answer ending in ``#### N``;
   the output's answer is its last ``\\boxed{}``, else its ``#### N``, else its last number.
   Numbers compare exactly as decimals (``1,000`` == ``1000`` == ``1000.00``).
 - ``medqa`` / ``medxpertqa``: one option letter A..J, from ``\\boxed{X}``, "answer is (X)",
@@ -22,7 +22,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Optional, Sequence, Union
 
 MATH_TASKS = ("math500", "math")
-NUMBER_TASKS = ("gsm8k", "synthetic")
+NUMBER_TASKS = ("gsm8k", "synthetic", "arithmetic")
 CHOICE_TASKS = ("medqa", "medxpertqa")
 TASKS = MATH_TASKS + NUMBER_TASKS + CHOICE_TASKS
 OPTION_LETTERS = "ABCDEFGHIJ"

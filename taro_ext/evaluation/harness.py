@@ -1,7 +1,8 @@
 """Run decoding methods over evaluation items and report: per-item JSON, a markdown table, a plot.
 
-A method is ``base`` (the base model alone), ``genarm:ALPHA`` (GenARM: one fixed alpha) or
-``taro`` (the learned router's per-token alpha). Every method decodes greedily through the
+A method is ``base`` (the base model alone), ``genarm:ALPHA`` (GenARM: one fixed alpha),
+``taro`` (the learned top-K router's per-token alpha) or ``taro-full`` (the full-logits router,
+the paper's expensive baseline, through the same engine). Every method decodes greedily through the
 same ``TaroGenerator`` with the same prompts, so the methods differ only in how the reward
 model's log-probs are weighted. For TARo the harness keeps each generated token's alpha and
 its class (digit, operator, whitespace, letter, other; ``training.router_training.token_class``)
@@ -20,6 +21,7 @@ from typing import Optional, Sequence
 from ..training.router_training import TOKEN_CLASSES, token_class
 from .datasets import EvalItem, write_alpaca_eval_outputs
 from .graders import grade
+from .stats import accuracy_interval
 
 @dataclass(frozen=True)
 class Method:
@@ -37,6 +39,8 @@ def parse_methods(spec: str) -> list[Method]:
         name = raw.strip()
         if name in ("base", "taro"):
             method = Method(name, name)
+        elif name == "taro-full":
+            method = Method(name, "taro")
         elif name.startswith("genarm:"):
             try:
                 alpha = float(name.split(":", 1)[1])
@@ -46,22 +50,12 @@ def parse_methods(spec: str) -> list[Method]:
                 raise ValueError(f"methods: {name!r}: alpha must be finite and >= 0")
             method = Method(name, "genarm", alpha)
         else:
-            raise ValueError(f"methods: unknown method {name!r} (base, genarm:ALPHA, taro)")
+            raise ValueError(f"methods: unknown method {name!r} (base, genarm:ALPHA, taro, taro-full)")
         if name in seen:
             raise ValueError(f"methods: {name!r} is listed twice")
         seen.add(name)
         methods.append(method)
     return methods
-
-
-def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of an accuracy (sound at small n and at 0 or n correct)."""
-    if n == 0:
-        return 0.0, 0.0
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def machine_description() -> dict:
@@ -76,9 +70,11 @@ def machine_description() -> dict:
 
 def run_methods(task: str, items: Sequence[EvalItem], methods: Sequence[Method], *, base_model, reward_model,
                 router, tokenizer, max_new_tokens: int = 256, batch_size: int = 8, chat: bool = True,
-                backend: str = "auto", stop: Optional[Sequence[str]] = None, progress: bool = True) -> dict:
+                backend: str = "auto", stop: Optional[Sequence[str]] = None, progress: bool = True,
+                full_router=None) -> dict:
     """Decode every item with every method and grade it; returns the results dict that
-    ``write_report`` writes (``summary`` per method and one record per item and method)."""
+    ``write_report`` writes (``summary`` per method and one record per item and method).
+    ``router`` serves the ``taro`` method, ``full_router`` (a ``FullLogitsRouter``) ``taro-full``."""
     from ..generation import TaroGenerator
 
     if not items:
@@ -88,15 +84,17 @@ def run_methods(task: str, items: Sequence[EvalItem], methods: Sequence[Method],
     needs_reward = any(m.mode != "base" for m in methods)
     if needs_reward and reward_model is None:
         raise ValueError("reward_model is required for genarm and taro methods")
-    if any(m.mode == "taro" for m in methods) and router is None:
-        raise ValueError("router is required for the taro method")
+    routers = {"taro": router, "taro-full": full_router}
+    for m in methods:
+        if m.mode == "taro" and routers[m.name] is None:
+            raise ValueError(f"{'router' if m.name == 'taro' else 'full_router'} is required for the {m.name} method")
     graded = task != "alpaca_eval"
     records, summary = [], {}
     # Batches of similar prompt length waste little compute on left padding; records keep item order.
     by_length = sorted(range(len(items)), key=lambda i: len(items[i].prompt))
     for method in methods:
         generator = TaroGenerator(base_model, reward_model if method.mode != "base" else None,
-                                  router if method.mode == "taro" else None, tokenizer, mode=method.mode,
+                                  routers[method.name] if method.mode == "taro" else None, tokenizer, mode=method.mode,
                                   alpha=method.alpha if method.alpha is not None else 1.0, backend=backend)
         start = time.perf_counter()
         n_tokens, by_item = 0, {}
@@ -113,6 +111,8 @@ def run_methods(task: str, items: Sequence[EvalItem], methods: Sequence[Method],
                 it = items[i]
                 n_tokens += len(ids)
                 record = {"id": it.id, "method": method.name, "output": text, "n_tokens": len(ids)}
+                if it.meta and "level" in it.meta:
+                    record["level"] = it.meta["level"]
                 if graded:
                     record["gold"] = it.gold
                     record["correct"] = bool(grade(task, text, it.gold))
@@ -135,8 +135,12 @@ def _summarise(method: Method, records: list[dict], seconds: float, n_tokens: in
            "tokens_per_s": round(n_tokens / seconds, 2) if seconds > 0 else None}
     if records and "correct" in records[0]:
         correct = sum(r["correct"] for r in records)
-        low, high = wilson_interval(correct, len(records))
-        out.update(correct=correct, accuracy=correct / len(records), ci95=[low, high])
+        out.update(correct=correct, accuracy=correct / len(records),
+                   ci95=accuracy_interval([r["correct"] for r in records]))
+        levels = sorted({r["level"] for r in records if "level" in r})
+        if levels:
+            out["accuracy_by_level"] = {str(lv): sum(r["correct"] for r in records if r.get("level") == lv)
+                                        / sum(1 for r in records if r.get("level") == lv) for lv in levels}
     if method.mode == "genarm":
         out["mean_alpha"] = method.alpha
     elif method.mode == "taro":

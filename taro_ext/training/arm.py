@@ -4,6 +4,12 @@ For a pair (context = prompt + initial steps, chosen step, rejected step) the lo
 ``-log sigmoid(beta * (sum log pi_r(chosen | context) - sum log pi_r(rejected | context)))``:
 no reference model; the reward of a step is its summed token log-probability, so the
 trained LM's token log-probs are the token-level reward TARo mixes in at decode time.
+
+GenARM initialises the ARM from an SFT model: ``ArmTrainer.warm_start`` fine-tunes the same
+(LoRA) model on correct solutions first. The pair loss alone can grow a margin by pushing
+both steps' likelihoods down (summed log-probs also favour the shorter step); ``nll_weight``
+adds the per-token NLL of the chosen step, which keeps the chosen text likely (as RPO does
+for DPO).
 """
 from __future__ import annotations
 
@@ -62,9 +68,12 @@ class ArmTrainer:
 
     def __init__(self, model, tokenizer, pairs: Sequence[StepPair], *, beta: float = 0.05,
                  config: Optional[TrainConfig] = None, lora: Optional[LoraSettings] = None, chat: bool = False,
-                 max_length: int = 1024, gradient_checkpointing: bool = False):
+                 max_length: int = 1024, gradient_checkpointing: bool = False, nll_weight: float = 0.0):
         if not (isinstance(beta, (int, float)) and beta > 0):
             raise ValueError(f"beta must be a positive number, got {beta!r}")
+        if isinstance(nll_weight, bool) or not isinstance(nll_weight, (int, float)) or not 0 <= nll_weight < float("inf"):
+            raise ValueError(f"nll_weight must be a finite number >= 0, got {nll_weight!r}")
+        self.nll_weight = float(nll_weight)
         if not isinstance(max_length, int) or max_length < 2:
             raise ValueError(f"max_length must be an int >= 2, got {max_length!r}")
         self.config = config or TrainConfig()
@@ -101,9 +110,25 @@ class ArmTrainer:
         return logps[:len(encoded)], logps[len(encoded):]
 
     def _loss(self, model, indices):
-        chosen, rejected = self.pair_logps(model, [self.encoded[i] for i in indices])
+        encoded = [self.encoded[i] for i in indices]
+        chosen, rejected = self.pair_logps(model, encoded)
         loss = arm_loss(chosen, rejected, self.beta, reduction="sum")
+        if self.nll_weight:
+            lengths = torch.tensor([len(e[0][1]) for e in encoded], dtype=chosen.dtype, device=chosen.device)
+            loss = loss - self.nll_weight * (chosen / lengths).sum()
         return loss, {"pair_acc": (chosen > rejected).sum().item()}
+
+    def warm_start(self, examples: Sequence[tuple[str, str]], config: Optional[TrainConfig] = None) -> list[dict]:
+        """SFT of the reward model (its LoRA adapters, or every weight) on ``(question, solution)``
+        pairs before the pair loss, as GenARM initialises its ARM from an SFT model. The question is
+        rendered as the pairs' prompts are (chat template with ``chat``); the solution is the target,
+        followed by the tokenizer's EOS so the model also learns where a solution ends."""
+        from .sft import train_causal_lm
+
+        eos = self.tokenizer.eos_token or ""
+        pairs = [(render_prompt(q, self.tokenizer, self.chat), s + eos) for q, s in examples]
+        return train_causal_lm(self.model, self.tokenizer, pairs, config or self.config, self.max_length,
+                               train_all=self.lora is None, description="reward model SFT")
 
     def train(self) -> list[dict]:
         task = TrainingTask(self.model, len(self.encoded), lambda i: 1.0, self._loss, description="reward model",

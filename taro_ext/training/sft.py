@@ -9,11 +9,14 @@ from .common import (TrainConfig, TrainingTask, collate_completions, completion_
 
 
 def train_causal_lm(model, tokenizer, examples: Sequence[Union[str, tuple[str, str]]],
-                    config: Optional[TrainConfig] = None, max_length: int = 512) -> list[dict]:
-    """Train every weight of ``model`` (in place) on next-token NLL, averaged over tokens.
+                    config: Optional[TrainConfig] = None, max_length: int = 512, *,
+                    train_all: bool = True, description: str = "causal LM") -> list[dict]:
+    """Train ``model`` (in place) on next-token NLL, averaged over tokens.
 
     ``examples`` are texts (every token after the first is a target) or ``(prompt, target)``
-    pairs (only target tokens are). Returns the per-step log of ``run_training``.
+    pairs (only target tokens are). ``train_all`` makes every weight trainable; ``False`` keeps
+    the model's own trainable set (e.g. a peft model's adapters: the reward model's SFT warm
+    start). Returns the per-step log of ``run_training``.
     """
     config = config or TrainConfig()
     ctx = distributed_context(config.device)
@@ -26,7 +29,8 @@ def train_causal_lm(model, tokenizer, examples: Sequence[Union[str, tuple[str, s
         pairs.append(ex)
     encoded = [encode_completion(tokenizer, p, t, max_length) for p, t in pairs]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    model.requires_grad_(True)
+    if train_all:
+        model.requires_grad_(True)
     model.to(ctx.device)
 
     def loss(module, indices):
@@ -34,5 +38,5 @@ def train_causal_lm(model, tokenizer, examples: Sequence[Union[str, tuple[str, s
         logps = token_logprobs(completion_logits(module, batch), batch.targets)
         return -(logps * batch.target_mask).sum(), {}
 
-    task = TrainingTask(model, len(encoded), lambda i: float(len(encoded[i][1])), loss, description="causal LM")
+    task = TrainingTask(model, len(encoded), lambda i: float(len(encoded[i][1])), loss, description=description)
     return run_training(task, config, ctx)

@@ -1,0 +1,104 @@
+"""The training data of the SmolLM2 recipe (``bench/smollm2_recipe.sh``), written as files.
+
+``taro-ext make-data`` writes three JSONL files, each read back by a trainer:
+
+* ``sft.jsonl`` (``question``, ``solution``): correct step-by-step solutions of graded arithmetic
+  word problems (``taro_ext.arithmetic``), the reward model's SFT warm start.
+* ``pairs.jsonl`` (Math-Step-DPO-10K layout): step-wise preference pairs; the rejected step has a
+  wrong result, a wrong operand or a dropped term (``taro_ext.data.step_pairs``). Arithmetic pairs
+  from other seeds than the SFT set, plus GSM8K train pairs.
+* ``router.jsonl`` (``prompt``, ``completion``, ``domain``): what the router learns alpha on.
+  ``arithmetic`` rows are correct solutions of further problems (the reward model should be
+  listened to there); ``general`` rows are the base model's own greedy answers to general
+  instructions (``taro_ext/assets/general_prompts.txt``), text where the base is at home and
+  an arithmetic reward model has nothing to add. Without them the router sees only text where
+  the reward model is better, and learns a large alpha everywhere, including out of domain.
+
+Every set draws from its own seed of the problem generator; the evaluation uses seed 1234.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+from typing import Optional, Sequence
+
+from .. import arithmetic, data
+
+SFT_SEED, PAIR_SEED, ROUTER_SEED = 0, 1, 2
+GENERAL_PROMPTS_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets",
+                                    "general_prompts.txt")
+
+
+def general_prompts(path: Optional[str] = None) -> list[str]:
+    """The general (non-arithmetic) instructions, one per line; ``#`` lines are comments."""
+    path = path or GENERAL_PROMPTS_FILE
+    with open(path, encoding="utf-8") as f:
+        prompts = [line.strip() for line in f if line.strip() and not line.startswith("#")]
+    if not prompts:
+        raise ValueError(f"{path} holds no prompts")
+    return prompts
+
+
+def sft_examples(n: int, seed: int = SFT_SEED) -> list[dict]:
+    return [{"question": s.question, "solution": s.text} for _, s in arithmetic.graded_problems(n, seed)]
+
+
+def preference_pairs(n_arithmetic: int, n_gsm8k: int, seed: int = PAIR_SEED,
+                     gsm8k_path: Optional[str] = None) -> list[data.StepPair]:
+    """``n_arithmetic`` pairs from graded problems and ``n_gsm8k`` from GSM8K train solutions,
+    shuffled together under ``seed``."""
+    problems = [s for _, s in arithmetic.graded_problems(2 * n_arithmetic, seed)]
+    pairs = data.step_pairs(problems, seed=seed, limit=n_arithmetic)
+    if n_gsm8k:
+        pairs += data.step_pairs(data.load_gsm8k(gsm8k_path, limit=2 * n_gsm8k), seed=seed, limit=n_gsm8k)
+    random.Random(seed).shuffle(pairs)
+    return pairs
+
+
+def router_examples(n_arithmetic: int, base_model, tokenizer, *, prompts: Sequence[str], chat: bool = True,
+                    seed: int = ROUTER_SEED, max_new_tokens: int = 160, batch_size: int = 16) -> list[dict]:
+    """Arithmetic solutions and the base's greedy answers to ``prompts``, shuffled under ``seed``."""
+    from ..generation import TaroGenerator
+
+    rows = [{"prompt": s.question, "completion": s.text, "domain": "arithmetic"}
+            for _, s in arithmetic.graded_problems(n_arithmetic, seed)]
+    generator = TaroGenerator(base_model, None, None, tokenizer, mode="base")
+    for b in range(0, len(prompts), batch_size):
+        chunk = list(prompts[b:b + batch_size])
+        out = generator.generate(chunk, max_new_tokens=max_new_tokens, chat=chat)
+        rows += [{"prompt": p, "completion": t, "domain": "general"} for p, t in zip(chunk, out.texts) if t.strip()]
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
+def write_jsonl(rows: Sequence[dict], path: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def read_examples(path: str, fields: Sequence[str]) -> list[dict]:
+    """JSONL records with string ``fields`` (an error names the file, line and field)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no data file at {path}")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+            if not isinstance(r, dict):
+                raise ValueError(f"{path}:{n}: a record must be a JSON object")
+            missing = [k for k in fields if not isinstance(r.get(k), str)]
+            if missing:
+                raise ValueError(f"{path}:{n}: missing string field(s) {missing}")
+            rows.append(r)
+    if not rows:
+        raise ValueError(f"{path} holds no records")
+    return rows

@@ -1,0 +1,144 @@
+"""The SmolLM2 recipe's parts on tiny models: graded arithmetic problems, the data files,
+the reward model's SFT warm start and NLL term, and the CLI flow make-data -> train-reward ->
+train-router."""
+import json
+import re
+
+import pytest
+import torch
+
+from taro_ext import arithmetic
+from taro_ext.training import ArmTrainer, TrainConfig
+from taro_ext.training import recipe_data
+from taro_ext.tiny import char_tokenizer, tiny_llama
+
+
+def _evaluate_step(step: str) -> tuple[float, float]:
+    """(value of the step's left side, the number after '=') computed here, independently."""
+    lhs, rhs = step.split("=")
+    expr = re.sub(r"[A-Za-z,.]", " ", lhs)
+    return float(eval(expr)), float(re.match(r"\s*(\d+)", rhs).group(1))
+
+
+def test_graded_problems_are_deterministic_exact_and_cycle_levels():
+    problems = arithmetic.graded_problems(40, seed=7)
+    assert problems == arithmetic.graded_problems(40, seed=7)
+    assert [lv for lv, _ in problems] == [1, 2, 3, 4] * 10
+    assert problems != arithmetic.graded_problems(40, seed=8)
+    for level, sol in problems:
+        results = []
+        for step in sol.steps[:-1]:
+            value, stated = _evaluate_step(step)
+            assert value == stated, step
+            results.append(stated)
+        assert sol.steps[-1] == f"The answer is {sol.answer}."
+        assert float(sol.answer) == results[-1] and float(sol.answer) >= 0
+        assert len(sol.steps) - 1 == (1 if level <= 2 else len(sol.steps) - 1)
+        assert sol.question.endswith("?")
+    # A problem does not depend on the others in the list.
+    assert arithmetic.graded_problems(8, seed=7) == problems[:8]
+
+
+def test_graded_problems_reject_bad_arguments():
+    with pytest.raises(ValueError, match="n must"):
+        arithmetic.graded_problems(-1, seed=0)
+    with pytest.raises(ValueError, match="n must"):
+        arithmetic.graded_problems(True, seed=0)
+    with pytest.raises(ValueError, match="levels"):
+        arithmetic.graded_problems(4, seed=0, levels=(5,))
+    with pytest.raises(ValueError, match="level"):
+        arithmetic.word_problem(0, 0, 0)
+
+
+def test_recipe_sets_use_disjoint_seeds_and_real_corruptions():
+    sft = {r["question"] for r in recipe_data.sft_examples(200)}
+    pairs = recipe_data.preference_pairs(200, 0)
+    assert len(pairs) == 200
+    assert not sft & {p.prompt for p in pairs}
+    for p in pairs:
+        assert p.chosen != p.rejected and re.search(r"\d", p.rejected)
+        assert p.full_chosen.startswith(p.initial_reason_steps + p.chosen)
+
+
+def test_read_examples_names_file_line_and_field(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a"}\n')
+    with pytest.raises(ValueError, match=r"x.jsonl:2: missing string field\(s\) \['completion'\]"):
+        recipe_data.read_examples(str(path), ("prompt", "completion"))
+    path.write_text('{"prompt": "a", "completion": "b"}\n[1]\n')
+    with pytest.raises(ValueError, match=r"x.jsonl:2: a record must be a JSON object"):
+        recipe_data.read_examples(str(path), ("prompt",))
+    path.write_text('{"prompt": \n')
+    with pytest.raises(ValueError, match=r"x.jsonl:1: invalid JSON"):
+        recipe_data.read_examples(str(path), ("prompt",))
+
+
+def _quiet(**kw):
+    return TrainConfig(progress=False, warmup_steps=0, **kw)
+
+
+def test_warm_start_trains_only_the_adapters_and_lowers_solution_nll():
+    from taro_ext.training import LoraSettings
+
+    tok = char_tokenizer()
+    model = tiny_llama(len(tok), tokenizer=tok, hidden_size=32, num_layers=1)
+    frozen_before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    problems = [s for _, s in arithmetic.graded_problems(8, seed=0)]
+    examples = [(s.question, s.text) for s in problems]
+    trainer = ArmTrainer(model, tok, recipe_data.preference_pairs(4, 0), beta=0.5, chat=True, max_length=256,
+                         lora=LoraSettings(rank=4, alpha=8), config=_quiet(learning_rate=5e-2, batch_size=8,
+                                                                            micro_batch_size=8, max_steps=30))
+    history = trainer.warm_start(examples)
+    assert history[-1]["loss"] < history[0]["loss"] - 0.1
+    base_weights = {n.replace("base_model.model.", "").replace(".base_layer", ""): p
+                    for n, p in trainer.model.named_parameters() if "lora_" not in n}
+    assert all(torch.equal(base_weights[n], frozen_before[n]) for n in frozen_before)
+
+
+def test_nll_weight_adds_the_chosen_steps_per_token_nll():
+    tok = char_tokenizer()
+    pairs = recipe_data.preference_pairs(3, 0)
+    losses = {}
+    for w in (0.0, 2.0):
+        model = tiny_llama(len(tok), tokenizer=tok, hidden_size=32, num_layers=1, seed=5)
+        trainer = ArmTrainer(model, tok, pairs, beta=0.5, nll_weight=w, config=_quiet(max_steps=1))
+        losses[w] = trainer._loss(trainer.model, [0, 1, 2])[0].item()
+        chosen, _ = trainer.pair_logps(trainer.model, trainer.encoded)
+        per_token = sum(-c.item() / len(e[0][1]) for c, e in zip(chosen, trainer.encoded))
+    assert losses[2.0] == pytest.approx(losses[0.0] + 2.0 * per_token, rel=1e-5)
+    with pytest.raises(ValueError, match="nll_weight"):
+        ArmTrainer(tiny_llama(len(tok), tokenizer=tok, hidden_size=32, num_layers=1), tok, pairs, nll_weight=-1.0)
+
+
+def test_cli_make_data_then_reward_with_warm_start_then_router_by_domain(tmp_path, capsys):
+    from taro_ext.cli import main
+
+    tok = char_tokenizer()
+    tiny_llama(len(tok), tokenizer=tok, hidden_size=32, num_layers=1).save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# comment\nWrite a poem.\nSay hello.\nName a color.\n")
+    data = tmp_path / "data"
+    assert main(["make-data", "--base", str(tmp_path / "base"), "--output", str(data), "--num-sft", "6",
+                 "--num-pairs", "6", "--num-gsm8k-pairs", "2", "--num-router", "6", "--general-prompts",
+                 str(prompts), "--max-new-tokens", "8"]) == 0
+    rows = [json.loads(line) for line in (data / "router.jsonl").read_text().splitlines()]
+    assert sorted(r["domain"] for r in rows) == ["arithmetic"] * 6 + ["general"] * 3
+    common = ["--chat", "--max-length", "256", "--batch-size", "4", "--micro-batch-size", "4", "--no-progress"]
+    assert main(["train-reward", "--model", str(tmp_path / "base"), "--pairs", str(data / "pairs.jsonl"),
+                 "--sft", str(data / "sft.jsonl"), "--sft-epochs", "1", "--nll-weight", "1", "--num-train", "6",
+                 "--num-val", "2", "--lora-rank", "4", "--max-steps", "1", "--output", str(tmp_path / "rm"),
+                 *common]) == 0
+    log = json.loads((tmp_path / "rm" / "train_log.json").read_text())
+    assert len(log["sft_history"]) == 2 and log["val_after_sft"] is not None
+    assert main(["train-router", "--base", str(tmp_path / "base"), "--reward", str(tmp_path / "rm"),
+                 "--examples", str(data / "router.jsonl"), "--num-train", "5", "--num-val", "4", "--k", "4",
+                 "--embed-dim", "4", "--hidden", "8", "--cache", "memory", "--max-steps", "1",
+                 "--output", str(tmp_path / "router"), *common]) == 0
+    log = json.loads((tmp_path / "router" / "train_log.json").read_text())
+    held_out = rows[5:9]
+    domains = sorted({r["domain"] for r in held_out})
+    if len(domains) > 1:
+        assert sorted(log["val"]["by_domain"]) == domains
+    out = capsys.readouterr().out
+    assert "SFT took" in out and "held-out NLL per token (all" in out
