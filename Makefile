@@ -12,7 +12,7 @@ export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0a
 export MAX_JOBS ?= 2
 NATIVE_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh')
 
-.PHONY: setup build test demo bench experiment-a cmake-test clean
+.PHONY: setup build test demo bench experiment-a recipe experiment-b cmake-test clean
 
 setup: $(VENV)/.deps-installed build
 
@@ -47,6 +47,15 @@ bench: setup
 # Experiment A (synthetic routing benchmark, tiny models trained here): bench/results/experiment_a.{md,json}.
 experiment-a: setup
 	$(PY) -m taro_ext.evaluation.experiment_a --seeds 0 1 2 --jobs 3 --threads 1 --out bench/results
+
+# The SmolLM2 recipe (training data, reward model, routers; about an hour on 2 cores):
+# recipe_out/. SHIP=1 copies the reward adapters and the TopK router to taro_ext/assets.
+recipe: setup
+	bench/smollm2_recipe.sh
+
+# Experiment B on SmolLM2 with the shipped reward model and router: bench/results/experiment_b/.
+experiment-b: setup
+	bench/experiment_b.sh
 
 # The torch-free kernel library and its native test. CI passes CMAKE_ARGS=-DTARO_CUDA=OFF: the
 # extension build (setup.py) has already compiled the CUDA sources with nvcc in that run.

@@ -1,30 +1,44 @@
 #!/usr/bin/env bash
-# Experiment B: SmolLM2-135M-Instruct as base, a LoRA ARM reward model and a TopK router
-# (trained with `taro-ext train-reward` / `train-router`), base vs GenARM (alpha grid) vs TARo
-# on GSM8K test, MedQA (out of domain) and the synthetic arithmetic set.
+# Experiment B: SmolLM2-135M-Instruct base steered by the recipe's LoRA ARM reward model
+# (bench/smollm2_recipe.sh), base vs GenARM (fixed alphas) vs TARo (TopK router) vs TARo
+# (full-logits router):
+#   arithmetic  in domain: 200 held-out graded word problems (seed 1234), greedy, chat
+#   reward      the reward model's own greedy accuracy on the same problems
+#   gsm8k       the hard set: GSM8K test (greedy; few methods, it is slow on CPU)
+#   alpaca_eval out of domain: per-token NLL of the AlpacaEval reference outputs (teacher-forced)
+#   medqa       out of domain: MedQA accuracy by option log-likelihood
 # Settings come from the environment (defaults shown):
-#   TASKS="medqa gsm8k synthetic" LIMIT=200 SYNTHETIC_LIMIT=100 MAX_NEW_TOKENS=128 BATCH_SIZE=50
-#   REWARD=taro_ext/assets/smollm2_reward ROUTER=taro_ext/assets/smollm2_router
-#   METHODS=base,genarm:0.5,genarm:1,genarm:2,taro OUT=bench/results/experiment_b
-# Writes $OUT/{task}.{json,md,png} and appends each set's settings and wall time to $OUT/run_log.txt.
+#   PARTS="arithmetic reward alpaca_eval medqa gsm8k" LIMIT=200 GSM8K_LIMIT=100 MAX_NEW_TOKENS=128
+#   GSM8K_METHODS=base,genarm:1,taro REWARD=taro_ext/assets/smollm2_reward
+#   ROUTER=taro_ext/assets/smollm2_router FULL_ROUTER=recipe_out/router_full OUT=bench/results/experiment_b
+# Writes $OUT/<part>.{json,md[,png]} and appends each part's settings and wall time to $OUT/run_log.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-TASKS=${TASKS:-medqa gsm8k synthetic}
+PARTS=${PARTS:-arithmetic reward alpaca_eval medqa gsm8k}
 LIMIT=${LIMIT:-200}
-SYNTHETIC_LIMIT=${SYNTHETIC_LIMIT:-100}
+GSM8K_LIMIT=${GSM8K_LIMIT:-100}
 MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-128}
-BATCH_SIZE=${BATCH_SIZE:-50}
 REWARD=${REWARD:-taro_ext/assets/smollm2_reward}
 ROUTER=${ROUTER:-taro_ext/assets/smollm2_router}
-METHODS=${METHODS:-base,genarm:0.5,genarm:1,genarm:2,taro}
+FULL_ROUTER=${FULL_ROUTER:-recipe_out/router_full}
+METHODS=${METHODS:-base,genarm:0.25,genarm:0.5,genarm:1,genarm:2,taro,taro-full}
+GSM8K_METHODS=${GSM8K_METHODS:-base,genarm:1,taro}
 OUT=${OUT:-bench/results/experiment_b}
+PY=${PY:-.venv/bin/python}
+MODELS=(--base smollm2 --reward "$REWARD" --router "$ROUTER" --full-router "$FULL_ROUTER")
 mkdir -p "$OUT"
-for TASK in $TASKS; do
-  N=$LIMIT
-  [ "$TASK" = synthetic ] && N=$SYNTHETIC_LIMIT
+for PART in $PARTS; do
   START=$(date +%s)
-  .venv/bin/python -m taro_ext.cli eval --task "$TASK" --limit "$N" --methods "$METHODS" \
-    --base smollm2 --reward "$REWARD" --router "$ROUTER" --max-new-tokens "$MAX_NEW_TOKENS" \
-    --batch-size "$BATCH_SIZE" --out "$OUT" --stem "$TASK" --no-progress
-  echo "$(date -u +%FT%TZ) $TASK limit=$N max_new_tokens=$MAX_NEW_TOKENS batch_size=$BATCH_SIZE methods=$METHODS wall_s=$(( $(date +%s) - START ))" | tee -a "$OUT/run_log.txt"
+  case $PART in
+    arithmetic) $PY -m taro_ext.cli eval --task arithmetic --limit "$LIMIT" --methods "$METHODS" "${MODELS[@]}" \
+                  --max-new-tokens "$MAX_NEW_TOKENS" --batch-size 50 --out "$OUT" --stem arithmetic --no-progress ;;
+    reward)     $PY -m taro_ext.cli eval --task arithmetic --limit "$LIMIT" --methods base --base "$REWARD" \
+                  --max-new-tokens "$MAX_NEW_TOKENS" --batch-size 50 --out "$OUT" --stem arithmetic_reward_model --no-progress ;;
+    gsm8k)      $PY -m taro_ext.cli eval --task gsm8k --limit "$GSM8K_LIMIT" --methods "$GSM8K_METHODS" "${MODELS[@]}" \
+                  --max-new-tokens 256 --batch-size 50 --out "$OUT" --stem gsm8k --no-progress ;;
+    alpaca_eval|medqa) $PY -m taro_ext.cli eval-likelihood --task "$PART" --limit "$LIMIT" --methods "$METHODS" \
+                  "${MODELS[@]}" --max-length 384 --batch-size 8 --out "$OUT" --stem "$PART" --no-progress ;;
+    *) echo "unknown part $PART"; exit 2 ;;
+  esac
+  echo "$(date -u +%FT%TZ) $PART limit=$LIMIT max_new_tokens=$MAX_NEW_TOKENS methods=$METHODS wall_s=$(( $(date +%s) - START ))" | tee -a "$OUT/run_log.txt"
 done

@@ -11,6 +11,7 @@ import html
 from typing import Optional, Sequence
 
 from .generation import GenerationOutput
+from .training.router_training import TOKEN_CLASSES, token_class
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 24px; max-width: 960px; color: #111; }
@@ -23,7 +24,21 @@ h1 { font-size: 20px; } h2 { font-size: 15px; margin: 22px 0 6px; color: #333; }
 .legend { display: flex; align-items: center; gap: 8px; font-size: 13px; margin: 10px 0; }
 .bar { width: 240px; height: 14px; border: 1px solid #bbb;
        background: linear-gradient(to right, rgb(255,255,255), rgb(37,99,235)); }
+table.classes { border-collapse: collapse; font-size: 13px; margin: 8px 0 4px; }
+table.classes td, table.classes th { border: 1px solid #ddd; padding: 3px 10px; text-align: right; }
+table.classes th:first-child, table.classes td:first-child { text-align: left; }
+.cbar { display: inline-block; height: 10px; background: rgb(37,99,235); vertical-align: middle; }
 """
+
+
+def alpha_by_class(output: GenerationOutput, tokenizer) -> dict[str, list[float]]:
+    """The alphas of every generated token, grouped by the token's class (digit, operator,
+    whitespace, letter, other), classes in ``TOKEN_CLASSES`` order, empty classes left out."""
+    groups: dict[str, list[float]] = {c: [] for c in TOKEN_CLASSES}
+    for ids, alphas in zip(output.token_ids, output.alphas):
+        for token_id, alpha in zip(ids, alphas):
+            groups[token_class(tokenizer.decode([token_id]))].append(alpha)
+    return {c: v for c, v in groups.items() if v}
 
 
 def _shade(alpha: float, alpha_max: float) -> tuple[str, str]:
@@ -46,6 +61,14 @@ def render_html(output: GenerationOutput, tokenizer, prompts: Sequence[str], *, 
         parts.append(f"<p class='meta'>{html.escape(description)}</p>")
     parts.append(f"<div class='legend'><span>alpha 0 (base)</span><span class='bar'></span>"
                  f"<span>alpha {scale:.2f} (reward)</span></div>")
+    # Where the router listens: mean alpha per token class over every generated token.
+    parts.append("<table class='classes'><tr><th>token class</th><th>tokens</th><th>mean alpha</th><th></th></tr>")
+    for cls, values in alpha_by_class(output, tokenizer).items():
+        mean = sum(values) / len(values)
+        width = 0 if scale <= 0 else round(160 * min(mean / scale, 1.0))
+        parts.append(f"<tr><td>{cls}</td><td>{len(values)}</td><td>{mean:.3f}</td>"
+                     f"<td style='text-align:left'><span class='cbar' style='width:{width}px'></span></td></tr>")
+    parts.append("</table>")
     for n, (prompt, ids, alphas) in enumerate(zip(prompts, output.token_ids, output.alphas)):
         mean = sum(alphas) / len(alphas) if alphas else 0.0
         parts.append(f"<h2>Prompt {n + 1} <span class='meta'>({len(ids)} tokens, mean alpha {mean:.3f})</span></h2>")

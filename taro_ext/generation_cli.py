@@ -23,11 +23,10 @@ def _bundled(path: str):
     return path if os.path.isdir(path) else None
 
 
-DEMO_PROMPTS = [
-    "What is 17 * 24? Think step by step.",
-    "A shop sells pens at 3 dollars each. How much do 12 pens cost?",
-    "Solve for x: 2x + 6 = 20.",
-]
+# The demo's prompts: graded word problems (two of each level) from a seed no recipe trains on.
+DEMO_SEED, DEMO_PROBLEMS = 2026, 8
+# Token classes the demo sums up as "math tokens" when it prints where the router listens.
+MATH_CLASSES = ("digit", "operator")
 
 
 def _add_decode_args(p: argparse.ArgumentParser, *, max_new_tokens: int) -> None:
@@ -71,7 +70,7 @@ def add_commands(subparsers) -> None:
                         "seeded random TopKRouter)")
     p.add_argument("--alpha", type=float, default=1.0, help="GenARM's fixed alpha")
     p.add_argument("--out", default="taro_demo.html", help="explain page of the TARo run")
-    _add_decode_args(p, max_new_tokens=40)
+    _add_decode_args(p, max_new_tokens=96)
     p.set_defaults(func=_demo)
 
 
@@ -153,7 +152,9 @@ def _explain(args) -> int:
 def _demo(args) -> int:
     import torch
 
-    from .explain import write_html
+    from .arithmetic import graded_problems
+    from .evaluation.graders import grade
+    from .explain import alpha_by_class, write_html
     from .generation import TaroGenerator
     from .models import load_model, load_smollm2
     from .router import TopKRouter, load_router
@@ -177,31 +178,44 @@ def _demo(args) -> int:
         router = TopKRouter(vocab)
         router_desc = (f"randomly initialised TopKRouter (seed {args.seed}, untrained: its alphas show the "
                        f"machinery, not the learned behaviour; pass --router)")
+    problems = [s for _, s in graded_problems(DEMO_PROBLEMS, seed=DEMO_SEED)]
+    prompts = [s.question for s in problems]
     print(f"base model : SmolLM2-135M-Instruct ({sum(p.numel() for p in base.parameters()) / 1e6:.0f}M params)")
     print(f"reward     : {reward_desc}")
     print(f"router     : {router_desc}")
-    print(f"decoding   : {len(DEMO_PROMPTS)} prompts in chat mode, {args.max_new_tokens} new tokens, "
-          f"temperature {args.temperature}, cache {args.cache}, backend {args.backend}\n")
+    print(f"decoding   : {len(prompts)} arithmetic word problems (levels 1-4, held out) in chat mode, "
+          f"{args.max_new_tokens} new tokens, temperature {args.temperature}, cache {args.cache}, "
+          f"backend {args.backend}\n")
     results = {}
     for mode in ("base", "genarm", "taro"):
         gen = TaroGenerator(base, reward, router, tokenizer, mode=mode, alpha=args.alpha, backend=args.backend,
                             reward_tokenizer=reward_tokenizer, cache=args.cache)
         t0 = time.perf_counter()
-        out = gen.generate(DEMO_PROMPTS, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                           seed=args.seed, chat=True, progress=_progress(args.max_new_tokens, len(DEMO_PROMPTS), mode))
+        out = gen.generate(prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                           seed=args.seed, chat=True, progress=_progress(args.max_new_tokens, len(prompts), mode))
         seconds = time.perf_counter() - t0
         tokens = sum(len(t) for t in out.token_ids)
-        results[mode] = (out, tokens / seconds)
+        right = [grade("arithmetic", text, p.answer) for text, p in zip(out.texts, problems)]
+        results[mode] = (out, tokens / seconds, sum(right))
         print(f"--- mode {mode}" + (f" (alpha {args.alpha})" if mode == "genarm" else "")
-              + f": {tokens} tokens in {seconds:.1f} s, {tokens / seconds:.1f} tok/s")
-        for prompt, text, alphas in zip(DEMO_PROMPTS, out.texts, out.alphas):
+              + f": {sum(right)}/{len(prompts)} right; {tokens} tokens in {seconds:.1f} s, {tokens / seconds:.1f} tok/s")
+        for problem, text, alphas, ok in zip(problems, out.texts, out.alphas, right):
             mean = sum(alphas) / max(len(alphas), 1)
-            print(f"  Q: {prompt}\n  A: {text.strip()!r}" + (f"  [mean alpha {mean:.2f}]" if mode == "taro" else ""))
+            print(f"  Q: {problem.question}  (answer {problem.answer})\n"
+                  f"  A: {'right' if ok else 'wrong'}: {text.strip()!r}" + (f"  [mean alpha {mean:.2f}]" if mode == "taro" else ""))
         print()
-    rate = {m: r for m, (_, r) in results.items()}
+    rate = {m: r for m, (_, r, _) in results.items()}
+    print("right: " + ", ".join(f"{m} {n}/{len(prompts)}" for m, (_, _, n) in results.items()))
     print("tokens/s: " + ", ".join(f"{m} {r:.1f}" for m, r in rate.items())
           + f"  (taro/base {rate['taro'] / rate['base']:.2f}x; two models per token versus one)")
-    write_html(args.out, results["taro"][0], tokenizer, DEMO_PROMPTS, alpha_max=router.alpha_max,
+    by_class = alpha_by_class(results["taro"][0], tokenizer)
+    math = [a for c in MATH_CLASSES for a in by_class.get(c, [])]
+    other = [a for c, values in by_class.items() if c not in MATH_CLASSES for a in values]
+    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+    print(f"TARo's mean alpha: math tokens (digits, operators) {mean(math):.3f} over {len(math)} tokens, "
+          f"other tokens {mean(other):.3f} over {len(other)}; by class: "
+          + ", ".join(f"{c} {mean(v):.3f}" for c, v in by_class.items()))
+    write_html(args.out, results["taro"][0], tokenizer, prompts, alpha_max=router.alpha_max,
                description=f"SmolLM2-135M-Instruct base; reward: {reward_desc}; router: {router_desc}")
     print(f"explain page (TARo run, tokens shaded by alpha): {args.out}")
     print(f"demo finished in {time.perf_counter() - t_start:.0f} s")

@@ -94,6 +94,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--num-gsm8k-pairs", type=int, default=160, help="GSM8K train step pairs")
     p.add_argument("--num-router", type=int, default=240, help="arithmetic router solutions")
     p.add_argument("--general-prompts", default=None, help="general instructions file (default: the shipped list)")
+    p.add_argument("--general-samples", type=int, default=2, help="sampled base answers per general instruction")
     p.add_argument("--max-new-tokens", type=int, default=160, help="length of the base's general answers")
     p.set_defaults(func=_make_data)
 
@@ -256,7 +257,7 @@ def _make_data(args) -> int:
     base, tokenizer = _load(args.base, args, distributed_context(None))
     rows = recipe_data.router_examples(args.num_router, base, tokenizer,
                                        prompts=recipe_data.general_prompts(args.general_prompts),
-                                       max_new_tokens=args.max_new_tokens)
+                                       samples_per_prompt=args.general_samples, max_new_tokens=args.max_new_tokens)
     recipe_data.write_jsonl(rows, os.path.join(args.output, "router.jsonl"))
     print(f"wrote {args.num_sft} SFT solutions, {len(pairs)} pairs, {len(rows)} router examples "
           f"to {args.output} in {time.perf_counter() - t0:.1f} s")

@@ -123,7 +123,9 @@ def test_cli_make_data_then_reward_with_warm_start_then_router_by_domain(tmp_pat
                  "--num-pairs", "6", "--num-gsm8k-pairs", "2", "--num-router", "6", "--general-prompts",
                  str(prompts), "--max-new-tokens", "8"]) == 0
     rows = [json.loads(line) for line in (data / "router.jsonl").read_text().splitlines()]
-    assert sorted(r["domain"] for r in rows) == ["arithmetic"] * 6 + ["general"] * 3
+    general = [r for r in rows if r["domain"] == "general"]
+    assert sum(r["domain"] == "arithmetic" for r in rows) == 6 and 0 < len(general) <= 6  # empty samples dropped
+    assert {r["prompt"] for r in general} <= {"Write a poem.", "Say hello.", "Name a color."}
     common = ["--chat", "--max-length", "256", "--batch-size", "4", "--micro-batch-size", "4", "--no-progress"]
     assert main(["train-reward", "--model", str(tmp_path / "base"), "--pairs", str(data / "pairs.jsonl"),
                  "--sft", str(data / "sft.jsonl"), "--sft-epochs", "1", "--nll-weight", "1", "--num-train", "6",
@@ -132,11 +134,11 @@ def test_cli_make_data_then_reward_with_warm_start_then_router_by_domain(tmp_pat
     log = json.loads((tmp_path / "rm" / "train_log.json").read_text())
     assert len(log["sft_history"]) == 2 and log["val_after_sft"] is not None
     assert main(["train-router", "--base", str(tmp_path / "base"), "--reward", str(tmp_path / "rm"),
-                 "--examples", str(data / "router.jsonl"), "--num-train", "5", "--num-val", "4", "--k", "4",
+                 "--examples", str(data / "router.jsonl"), "--num-train", str(len(rows) - 4), "--num-val", "4", "--k", "4",
                  "--embed-dim", "4", "--hidden", "8", "--cache", "memory", "--max-steps", "1",
                  "--output", str(tmp_path / "router"), *common]) == 0
     log = json.loads((tmp_path / "router" / "train_log.json").read_text())
-    held_out = rows[5:9]
+    held_out = rows[-4:]
     domains = sorted({r["domain"] for r in held_out})
     if len(domains) > 1:
         assert sorted(log["val"]["by_domain"]) == domains

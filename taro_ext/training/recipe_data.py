@@ -9,10 +9,14 @@
   from other seeds than the SFT set, plus GSM8K train pairs.
 * ``router.jsonl`` (``prompt``, ``completion``, ``domain``): what the router learns alpha on.
   ``arithmetic`` rows are correct solutions of further problems (the reward model should be
-  listened to there); ``general`` rows are the base model's own greedy answers to general
-  instructions (``taro_ext/assets/general_prompts.txt``), text where the base is at home and
-  an arithmetic reward model has nothing to add. Without them the router sees only text where
-  the reward model is better, and learns a large alpha everywhere, including out of domain.
+  listened to there); ``general`` rows are the base model's own answers to general instructions
+  (``taro_ext/assets/general_prompts.txt``), text where the base is at home and an arithmetic
+  reward model has nothing to add. Without them the router sees only text where the reward
+  model is better, and learns a large alpha everywhere, including out of domain. The answers
+  are *sampled at temperature 1*, not greedy: under the NLL objective any mix other than the
+  base itself loses on true samples of the base (cross-entropy is smallest at the sampling
+  distribution), whereas on greedy text the sharpening ``(1 + alpha) lp_b`` would win, and the
+  router would learn to listen there too.
 
 Every set draws from its own seed of the problem generator; the evaluation uses seed 1234.
 """
@@ -57,17 +61,22 @@ def preference_pairs(n_arithmetic: int, n_gsm8k: int, seed: int = PAIR_SEED,
 
 
 def router_examples(n_arithmetic: int, base_model, tokenizer, *, prompts: Sequence[str], chat: bool = True,
-                    seed: int = ROUTER_SEED, max_new_tokens: int = 160, batch_size: int = 16) -> list[dict]:
-    """Arithmetic solutions and the base's greedy answers to ``prompts``, shuffled under ``seed``."""
+                    seed: int = ROUTER_SEED, samples_per_prompt: int = 2, max_new_tokens: int = 160,
+                    batch_size: int = 16) -> list[dict]:
+    """Arithmetic solutions and ``samples_per_prompt`` of the base's answers (sampled at
+    temperature 1) to each of ``prompts``, shuffled under ``seed``."""
     from ..generation import TaroGenerator
 
     rows = [{"prompt": s.question, "completion": s.text, "domain": "arithmetic"}
             for _, s in arithmetic.graded_problems(n_arithmetic, seed)]
     generator = TaroGenerator(base_model, None, None, tokenizer, mode="base")
-    for b in range(0, len(prompts), batch_size):
-        chunk = list(prompts[b:b + batch_size])
-        out = generator.generate(chunk, max_new_tokens=max_new_tokens, chat=chat)
-        rows += [{"prompt": p, "completion": t, "domain": "general"} for p, t in zip(chunk, out.texts) if t.strip()]
+    for sample in range(samples_per_prompt):
+        for b in range(0, len(prompts), batch_size):
+            chunk = list(prompts[b:b + batch_size])
+            out = generator.generate(chunk, max_new_tokens=max_new_tokens, temperature=1.0, chat=chat,
+                                     seed=seed * 1000 + sample * 100 + b)
+            rows += [{"prompt": p, "completion": t, "domain": "general"} for p, t in zip(chunk, out.texts)
+                     if t.strip()]
     random.Random(seed).shuffle(rows)
     return rows
 

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The SmolLM2-135M recipe: training data, the LoRA ARM reward model (SFT warm start, then the
+# pair loss with a chosen-step NLL term), the TopK router and the full-logits router.
+# `make recipe` runs it; it writes under $OUT (default recipe_out/) and logs each stage's wall
+# time to $OUT/run_log.txt. `SHIP=1` copies the reward adapters and the TopK router to
+# taro_ext/assets (the full-logits router, 25 MB, is an evaluation baseline and is not shipped).
+# Everything is read from ../shared/data or generated; nothing comes from a hub.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-recipe_out}
+PY=${PY:-.venv/bin/python}
+mkdir -p "$OUT"
+stage() {  # stage NAME CMD...: run with its output in $OUT/NAME.log, log the wall time
+  local name=$1; shift
+  local start=$(date +%s)
+  "$@" > "$OUT/$name.log" 2>&1 || { tail -20 "$OUT/$name.log"; echo "stage $name failed"; exit 1; }
+  grep -v -E 'Loading weights|GGUF' "$OUT/$name.log" | tail -30
+  echo "$(date -u +%FT%TZ) $name wall_s=$(( $(date +%s) - start ))" | tee -a "$OUT/run_log.txt"
+}
+stage data $PY -m taro_ext.cli make-data --base smollm2 --output "$OUT/data" \
+  --num-sft 1200 --num-pairs 1600 --num-gsm8k-pairs 160 --num-router 240 --general-samples 2
+stage reward $PY -m taro_ext.cli train-reward --model smollm2 --chat \
+  --pairs "$OUT/data/pairs.jsonl" --num-train 1696 --num-val 64 --sft "$OUT/data/sft.jsonl" \
+  --sft-epochs 1 --sft-lr 2e-3 --lr 5e-4 --nll-weight 1.0 --beta 0.2 --lora-rank 8 --lora-alpha 16 \
+  --max-length 256 --batch-size 16 --micro-batch-size 16 --epochs 1 --output "$OUT/reward" --no-progress
+for DESIGN in topk full; do
+  stage router_$DESIGN $PY -m taro_ext.cli train-router --base smollm2 --reward "$OUT/reward" --chat \
+    --examples "$OUT/data/router.jsonl" --num-train 380 --num-val 60 --design $DESIGN \
+    --max-length 256 --lr 3e-3 --batch-size 16 --micro-batch-size 8 --epochs 3 \
+    --output "$OUT/router_$DESIGN" --no-progress
+done
+if [ "${SHIP:-0}" = 1 ]; then
+  rm -rf taro_ext/assets/smollm2_reward taro_ext/assets/smollm2_router
+  cp -r "$OUT/reward" taro_ext/assets/smollm2_reward
+  cp -r "$OUT/router_topk" taro_ext/assets/smollm2_router
+fi
