@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .evaluation.datasets import EVAL_TASKS
+from ..evaluation.datasets import EVAL_TASKS
 
 
 def add_commands(subparsers) -> None:
@@ -36,10 +36,10 @@ def add_commands(subparsers) -> None:
 def _run_eval(args) -> int:
     import torch
 
-    from .evaluation.datasets import load_items
-    from .evaluation.harness import markdown_table, parse_methods, run_methods, write_report
-    from .models import load_model
-    from .router import load_router
+    from ..evaluation.datasets import load_items
+    from ..evaluation.harness import markdown_table, parse_methods, run_methods, write_report
+    from ..models import load_model
+    from ..router import load_router
 
     methods = parse_methods(args.methods)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

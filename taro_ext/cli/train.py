@@ -33,7 +33,7 @@ def _add_data_args(p, what):
 
 
 def _add_optim_args(p, lr):
-    from .training import TrainConfig
+    from ..training import TrainConfig
 
     d = TrainConfig()
     p.add_argument("--output", required=True, help="output directory")
@@ -79,7 +79,7 @@ def add_commands(subparsers) -> None:
 
 
 def _config(args):
-    from .training import TrainConfig
+    from ..training import TrainConfig
 
     return TrainConfig(learning_rate=args.lr, batch_size=args.batch_size, micro_batch_size=args.micro_batch_size,
                        epochs=args.epochs, max_steps=args.max_steps, warmup_steps=args.warmup_steps,
@@ -91,14 +91,14 @@ def _config(args):
 def _load(name, args, ctx):
     import torch
 
-    from .models import load_model
+    from ..models import load_model
 
     dtype = args.dtype or ("bfloat16" if ctx.device.type == "cuda" else "float32")
     return load_model(name, dtype=getattr(torch, dtype), device=ctx.device)
 
 
 def _solutions(args, count):
-    from . import data
+    from .. import data
 
     if args.source == "synthetic":
         return data.synthetic_arithmetic(count, seed=args.seed)
@@ -114,9 +114,9 @@ def _write_log(args, ctx, log):
 
 
 def _train_reward(args) -> int:
-    from . import data
-    from .training import ArmTrainer, LoraSettings
-    from .training.common import distributed_context
+    from .. import data
+    from ..training import ArmTrainer, LoraSettings
+    from ..training.common import distributed_context
 
     config = _config(args)
     ctx = distributed_context(config.device)
@@ -151,10 +151,10 @@ def _train_reward(args) -> int:
 
 
 def _train_router(args) -> int:
-    from . import data
-    from .router import FullLogitsRouter, TopKRouter
-    from .training import RouterTrainer, format_alpha_table
-    from .training.common import distributed_context
+    from .. import data
+    from ..router import FullLogitsRouter, TopKRouter
+    from ..training import RouterTrainer, format_alpha_table
+    from ..training.common import distributed_context
 
     import torch
 
