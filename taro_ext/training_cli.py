@@ -116,7 +116,7 @@ def _write_log(args, ctx, log):
 def _train_reward(args) -> int:
     from . import data
     from .training import ArmTrainer, LoraSettings
-    from .training.common import distributed_context
+    from .training.distributed import distributed_context
 
     config = _config(args)
     ctx = distributed_context(config.device)
@@ -154,7 +154,7 @@ def _train_router(args) -> int:
     from . import data
     from .router import FullLogitsRouter, TopKRouter
     from .training import RouterTrainer, format_alpha_table
-    from .training.common import distributed_context
+    from .training.distributed import distributed_context
 
     import torch
 
