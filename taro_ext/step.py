@@ -7,15 +7,14 @@ capture and ``torch.compile``.
 """
 from __future__ import annotations
 
-import os
 from typing import NamedTuple, Optional
 
 import torch
 
 from . import reference
+from .ops import AUTO_PREFERENCE, BACKENDS, available_backends, fused_step
 from .router import FullLogitsRouter, TopKRouter, _RouterBase
 
-BACKENDS = ("torch", "cpu", "triton", "cuda")
 _LOGITS_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -24,44 +23,6 @@ class StepResult(NamedTuple):
     alpha: torch.Tensor  # [B] fp32
     token_logprobs: torch.Tensor  # [B] fp32, log-prob of the chosen token
     logprobs: Optional[torch.Tensor]  # [B, V] fp32 when return_logprobs, else None
-
-
-def _native():
-    """The compiled extension, or None when it was not built."""
-    try:
-        from . import _C  # noqa: F401  (importing registers torch.ops.taro_ext.fused_step)
-    except ImportError:
-        return None
-    return _C
-
-
-def _triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def available_backends(device: str | torch.device | None = None) -> list[str]:
-    """Backends that can run here; with ``device``, those that run on tensors of that device.
-
-    ``torch`` (the reference) always; ``cpu`` when the extension is built; ``cuda`` when it
-    was compiled with nvcc and a GPU is visible; ``triton`` with a GPU, or on CPU tensors
-    under the Triton interpreter (``TRITON_INTERPRET=1``, for testing).
-    """
-    native = _native()
-    has_gpu = torch.cuda.is_available()
-    interp = os.environ.get("TRITON_INTERPRET") == "1"
-    kind = None if device is None else torch.device(device).type
-    out = ["torch"]
-    if native is not None and kind in (None, "cpu"):
-        out.append("cpu")
-    if _triton_available() and ((has_gpu and kind in (None, "cuda")) or (interp and kind in (None, "cpu"))):
-        out.append("triton")
-    if native is not None and native.compiled_with_cuda and has_gpu and kind in (None, "cuda"):
-        out.append("cuda")
-    return out
 
 
 def _pick_backend(backend: str, device: torch.device, design: str) -> str:
@@ -73,8 +34,7 @@ def _pick_backend(backend: str, device: torch.device, design: str) -> str:
         return "torch"
     usable = available_backends(device)
     if backend == "auto":
-        preference = ("cuda", "triton", "torch") if device.type == "cuda" else ("cpu", "torch")
-        return next(b for b in preference if b in usable)
+        return next(b for b in AUTO_PREFERENCE.get(device.type, ("torch",)) if b in usable)
     if backend not in usable:
         raise ValueError(f"backend={backend!r} cannot run on {device.type} tensors here "
                          f"(available: {usable})")
@@ -207,8 +167,6 @@ def _run(base_logits, reward_logits, router, *, temperature, uniform, vocab_size
             design=design, alpha_override=alpha_override, temperature=float(temperature),
             uniform=uniform, return_logprobs=return_logprobs)
         return StepResult(*out)
-    from .ops import fused_step
-
     return StepResult(*fused_step(chosen, base_logits, reward_logits, weights,
                                   k=router.k if weights is not None else 1, vocab_size=vocab_size,
                                   temperature=float(temperature), uniform=uniform,

@@ -40,10 +40,16 @@ def test_available_backends_always_has_reference_and_auto_resolves(router):
     assert out.tokens.shape == ref.tokens.shape
 
 
-def test_import_without_gpu_lists_backends_in_a_fresh_process():
-    code = "import taro_ext, torch; print(taro_ext.available_backends())"
+def test_import_without_gpu_lists_backends_and_registers_the_ops_in_a_fresh_process():
+    # The ops exist right after `import taro_ext`, before any step ran (torch.compile, custom decoders).
+    code = ("import taro_ext, torch\n"
+            "print(taro_ext.available_backends())\n"
+            "print(torch.ops.taro_ext.fused_step_triton.default)\n"
+            "if 'cpu' in taro_ext.available_backends('cpu'): print(torch.ops.taro_ext.fused_step.default)\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert "torch" in res.stdout
+    lines = res.stdout.splitlines()
+    assert "torch" in lines[0] and "fused_step_triton" in lines[1]
+    assert len(lines) == (3 if "'cpu'" in lines[0] else 2)
 
 
 def test_mixed_dtypes_are_promoted(router):
