@@ -9,7 +9,8 @@ import torch  # noqa: F401  (must precede the compiled module: it loads libc10)
 
 from .router import FullLogitsRouter, TopKRouter, load_router
 from .step import BACKENDS, StepResult, available_backends, genarm_step, taro_step
-from .generation import GenerationOutput, TaroGenerator, TaroLogitsProcessor
+from .generation import GenerationOutput, TaroGenerator
+from .logits_processor import TaroLogitsProcessor
 
 __version__ = "0.1.0"
 

@@ -1,6 +1,7 @@
-"""Text generation with a base LM steered by a reward LM: ``TaroGenerator`` and ``TaroLogitsProcessor``.
+"""Text generation with a base LM steered by a reward LM: the ``TaroGenerator`` engine (the same
+mix inside ``transformers``' own ``generate`` is ``logits_processor.TaroLogitsProcessor``).
 
-``TaroGenerator`` is the engine. Its decode loop, in the manner of gpt-fast:
+The engine's decode loop, in the manner of gpt-fast:
 
 1. Prompts are tokenised (through the chat template with ``chat=True``), left padded to one
    batch, and both models are prefilled with the attention mask and position ids
@@ -39,6 +40,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from .lm_forward import device_of, forward_last
+from .padding import left_pad, positions_from_mask
 from .router import _RouterBase
 from .step import BACKENDS, StepResult, available_backends, taro_step
 
@@ -94,28 +97,6 @@ def check_tokenizers(tokenizer, reward_tokenizer=None, *, base_model=None, rewar
     return vocab_size
 
 
-def _device_of(module: torch.nn.Module, output: bool) -> torch.device:
-    emb = module.get_output_embeddings() if output else module.get_input_embeddings()
-    return emb.weight.device
-
-
-def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(input_ids [B, L], attention_mask [B, L])`` with every row right-aligned."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        if len(seq):
-            ids[row, width - len(seq):] = torch.as_tensor(list(seq), dtype=torch.long)
-            mask[row, width - len(seq):] = 1
-    return ids, mask
-
-
-def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
-    """Position ids for a left-padded batch: ``cumsum(mask) - 1``, 0 on padding."""
-    return (mask.cumsum(-1) - 1).clamp_min(0)
-
-
 class TaroGenerator:
     """Batched decoding from ``base_model`` steered by ``reward_model`` (and ``router`` in mode ``taro``).
 
@@ -154,15 +135,15 @@ class TaroGenerator:
         self.base_model, self.tokenizer, self.mode, self.backend, self.cache = base_model, tokenizer, mode, backend, cache
         self.reward_model = reward_model if mode != "base" else None
         self.alpha = float(alpha) if mode == "genarm" else 0.0
-        self.step_device = _device_of(base_model, output=True)
+        self.step_device = device_of(base_model, output=True)
         self.router = router.to(self.step_device) if mode == "taro" else None
         if backend != "auto" and backend not in available_backends(self.step_device):
             raise ValueError(f"backend={backend!r} cannot run on {self.step_device.type} here "
                              f"(available: {available_backends(self.step_device)})")
         if cuda_graph:
-            devices = {_device_of(base_model, False), self.step_device}
+            devices = {device_of(base_model, False), self.step_device}
             if self.reward_model is not None:
-                devices |= {_device_of(reward_model, False), _device_of(reward_model, True)}
+                devices |= {device_of(reward_model, False), device_of(reward_model, True)}
             if cache != "static" or len(devices) != 1 or self.step_device.type != "cuda":
                 raise ValueError("cuda_graph=True needs cache='static' and both models on one CUDA device "
                                  f"(cache={cache!r}, devices={sorted(map(str, devices))})")
@@ -272,14 +253,6 @@ class TaroGenerator:
         return GenerationOutput(texts, out_ids, out_alpha, [len(p) for p in prompt_ids])
 
 
-def _forward_last(model, cache, ids, mask, positions) -> torch.Tensor:
-    """Logits at the last position, ``[B, V]``; inputs are moved to the model's input device."""
-    dev = _device_of(model, output=False)
-    out = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=positions.to(dev), cache=cache,
-                use_cache=True, logits_to_keep=1)
-    return out.logits[:, -1]
-
-
 class _DynamicDecoder:
     """``DynamicCache`` per model; the attention mask grows by one column per step."""
 
@@ -292,7 +265,7 @@ class _DynamicDecoder:
         self.models = [(m, DynamicCache(config=m.config)) for m in (gen.base_model, gen.reward_model) if m is not None]
 
     def _run(self, ids, temperature, uniform, check_inputs):
-        logits = [_forward_last(m, c, ids, self.mask, self.positions) for m, c in self.models]
+        logits = [forward_last(m, c, ids, self.mask, self.positions) for m, c in self.models]
         return self.gen.mix(logits[0], logits[1] if len(logits) > 1 else None, temperature, uniform, check_inputs)
 
     def prefill(self, ids, mask, temperature, uniform):
@@ -303,7 +276,7 @@ class _DynamicDecoder:
     def keep_rows(self, keep: list[int]):
         """Drop every batch row not in ``keep`` (finished prompts) from the caches, mask and positions."""
         for model, cache in self.models:
-            cache.batch_select_indices(torch.tensor(keep, device=_device_of(model, output=False)))
+            cache.batch_select_indices(torch.tensor(keep, device=device_of(model, output=False)))
         index = torch.tensor(keep, device=self.mask.device)
         self.mask, self.positions = self.mask[index], self.positions[index]
 
@@ -328,7 +301,7 @@ class _StaticDecoder:
         self.gen, self.max_len = gen, max_len
         self.models = [(m, StaticCache(config=m.config, max_cache_len=max_len))
                        for m in (gen.base_model, gen.reward_model) if m is not None]
-        dev = _device_of(gen.base_model, output=False)
+        dev = device_of(gen.base_model, output=False)
         self.tokens = torch.zeros(batch, 1, dtype=torch.long, device=dev)
         self.positions = torch.zeros(batch, 1, dtype=torch.long, device=dev)
         self.mask = torch.zeros(batch, max_len, dtype=torch.long, device=dev)
@@ -337,7 +310,7 @@ class _StaticDecoder:
         self.graph_out: Optional[StepResult] = None
 
     def _logits(self, ids, mask, positions):
-        logits = [_forward_last(m, c, ids, mask, positions) for m, c in self.models]
+        logits = [forward_last(m, c, ids, mask, positions) for m, c in self.models]
         return logits[0], (logits[1] if len(logits) > 1 else None)
 
     def prefill(self, ids, mask, temperature, uniform):
@@ -383,92 +356,4 @@ class _StaticDecoder:
             self.graph_out = self._step(temperature)
 
 
-class TaroLogitsProcessor:
-    """TARo / GenARM as a ``transformers`` logits processor:
-    ``base_model.generate(..., logits_processor=LogitsProcessorList([TaroLogitsProcessor(reward, router)]))``.
-
-    Each call runs the reward model incrementally (its own ``DynamicCache``) on the tokens generated
-    so far and returns the mixed log-probs ``log_softmax(lp_b + alpha lp_r)`` over the first
-    ``vocab_size`` columns (padded columns -inf), so HF's greedy search, sampling (its temperature,
-    top-k/top-p warpers) and beam search work on them. Differences from ``TaroGenerator``:
-
-    * the token is picked by HF, not by the fused step (the step computes the mixed row and its
-      own pick is discarded): sampling uses HF's random stream, so sampled tokens differ from
-      ``TaroGenerator`` for the same seed (greedy tokens agree);
-    * HF's processor interface has no attention mask: left padding is recognised as leading
-      ``pad_token_id`` tokens of the prompt (pass the tokenizer's pad id);
-    * beam search reorders beams between steps; the processor recognises the reordering by
-      matching each row's prefix with the previous step's rows and reorders the reward cache
-      (one extra host sync per step).
-
-    ``router=None`` with ``alpha`` gives GenARM. ``alphas`` holds the alpha of every step ([B] each).
-    A new ``generate`` call (a prompt that does not continue the previous rows) resets the state.
-    """
-
-    def __init__(self, reward_model, router: Optional[_RouterBase] = None, *, alpha: Optional[float] = None,
-                 vocab_size: Optional[int] = None, pad_token_id: Optional[int] = None, backend: str = "auto"):
-        if router is None and alpha is None:
-            raise ValueError("give a router (TARo) or alpha (GenARM)")
-        if router is not None and alpha is not None:
-            raise ValueError("give either a router or alpha, not both")
-        if vocab_size is None:
-            if router is None:
-                raise ValueError("vocab_size is required with alpha (use len(tokenizer))")
-            vocab_size = router.vocab_size
-        self.reward_model, self.router, self.alpha = reward_model, router, alpha
-        self.vocab_size, self.pad_token_id, self.backend = vocab_size, pad_token_id, backend
-        self.reset()
-
-    def reset(self):
-        self.cache = None
-        self.prev_ids: Optional[torch.Tensor] = None
-        self.mask: Optional[torch.Tensor] = None
-        self.alphas: list[torch.Tensor] = []
-
-    def _continues(self, input_ids: torch.Tensor) -> Optional[torch.Tensor]:
-        """Indices of the previous rows that ``input_ids[:, :-1]`` continue, or None (a new batch)."""
-        prev = self.prev_ids
-        if prev is None or input_ids.shape[1] != prev.shape[1] + 1 or input_ids.shape[0] != prev.shape[0]:
-            return None
-        same = (input_ids[:, None, :-1] == prev[None]).all(-1)  # [N, N]: row i continues previous row j
-        if not bool(same.any(-1).all()):
-            return None
-        return same.int().argmax(-1)
-
-    @torch.inference_mode()
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        from transformers import DynamicCache
-
-        dev = _device_of(self.reward_model, output=False)
-        ids = input_ids.to(dev)
-        source = self._continues(ids)
-        if source is None:
-            self.reset()
-            self.cache = DynamicCache(config=self.reward_model.config)
-            if self.pad_token_id is None:
-                self.mask = torch.ones_like(ids)
-            else:
-                self.mask = (ids != self.pad_token_id).long().cummax(-1).values  # leading pads are padding
-            new = ids
-        else:
-            if not bool((source == torch.arange(len(source), device=dev)).all()):
-                self.cache.reorder_cache(source)
-                self.mask = self.mask[source]
-            self.mask = torch.cat([self.mask, self.mask.new_ones(len(ids), 1)], dim=1)
-            new = ids[:, -1:]
-        positions = positions_from_mask(self.mask)[:, -new.shape[1]:]
-        reward_logits = _forward_last(self.reward_model, self.cache, new, self.mask, positions)
-        self.prev_ids = ids
-        if self.router is not None:
-            self.router.to(scores.device)
-        result = taro_step(scores, reward_logits.to(scores.device), self.router, vocab_size=self.vocab_size,
-                           alpha_override=self.alpha, return_logprobs=True, check_inputs=False,
-                           backend=self.backend)
-        self.alphas.append(result.alpha)
-        mixed = torch.full_like(scores, float("-inf"), dtype=torch.float32)
-        mixed[:, :self.vocab_size] = result.logprobs
-        return mixed.to(scores.dtype)
-
-
-__all__ = ["TaroGenerator", "GenerationOutput", "TaroLogitsProcessor", "check_tokenizers", "left_pad",
-           "positions_from_mask", "output_vocab_width", "MODES"]
+__all__ = ["TaroGenerator", "GenerationOutput", "check_tokenizers", "output_vocab_width", "MODES"]

@@ -9,6 +9,11 @@ reading rather than speed. Points where the spec is silent, and what we chose:
 * In the mixed score ``s = lp_b + alpha * lp_r`` the reward term is 0 when
   ``alpha == 0`` (so ``alpha_override=0`` is exactly the base model even where the
   reward model masks a token with -inf; 0 * -inf would be NaN).
+* ``temperature`` is 0 (greedy) or in ``[MIN_TEMPERATURE, MAX_TEMPERATURE]`` and every alpha
+  (``alpha_override``, GenARM's alpha, a router's ``alpha_max``) at most ``MAX_ALPHA``: the
+  kernels compute ``s / T`` and ``alpha * lp_r`` in fp32, and outside these bounds ordinary
+  logits overflow (NaN log-probs, token 0) or ``1 / T`` leaves fp32's normal range (masked
+  tokens picked). Values outside are errors, not rounded.
 * Sampling's prefix sums are taken in float64 here (the kernels use fp32 with a
   different summation order; the spec's 1e-4 margin covers the difference).
 """
@@ -21,6 +26,9 @@ import torch
 import torch.nn.functional as F
 
 FEATURE_LOGPROB_FLOOR = -100.0
+MIN_TEMPERATURE = 1e-4
+MAX_TEMPERATURE = 1e4
+MAX_ALPHA = 1e4
 
 
 @dataclass

@@ -16,25 +16,32 @@ import torch
 from torch import nn
 
 from . import reference
+from .atomic import replace_directory
+from .validate import as_float, as_int
 
 CONFIG_NAME = "router_config.json"
 WEIGHTS_NAME = "router.safetensors"
 FORMAT_VERSION = 1
+# Bounds checked before any allocation (a config saying vocab_size 1e9 must not allocate 64 GB):
+# no tokenizer has 2**24 tokens, and 2**28 parameters (1 GiB in fp32) is far beyond any router.
+MAX_VOCAB_SIZE = 2 ** 24
+MAX_PARAMETERS = 2 ** 28
+# What a trainer keeps in its output directory beside the artifact (carried over by a new save).
+TRAINING_RUN_ENTRIES = ("checkpoint-*", "train_log.json")
 
 
 class _RouterBase(nn.Module):
     design: str = ""
 
-    def __init__(self, vocab_size: int, hidden: int, alpha_max: float, in_features: int):
+    def __init__(self, vocab_size: int, hidden: int, alpha_max: float, in_features: int, embed_size: int = 0):
         super().__init__()
-        for name, value in (("vocab_size", vocab_size), ("hidden", hidden)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not (isinstance(alpha_max, (int, float)) and math.isfinite(alpha_max) and alpha_max > 0):
-            raise ValueError(f"alpha_max must be a positive finite number, got {alpha_max!r}")
+        count = hidden * in_features + 2 * hidden + 1 + embed_size
+        if count > MAX_PARAMETERS:
+            raise ValueError(f"this router would hold {count:,} parameters ({count * 4 / 2**30:.1f} GiB in fp32), "
+                             f"more than the {MAX_PARAMETERS:,} allowed: check vocab_size, hidden, k and embed_dim")
         self.vocab_size = vocab_size
         self.hidden = hidden
-        self.alpha_max = float(alpha_max)
+        self.alpha_max = alpha_max
         self.in_features = in_features  # the router input width the config implies
         self.w1 = nn.Parameter(torch.randn(hidden, in_features) / math.sqrt(in_features))
         self.b1 = nn.Parameter(torch.zeros(hidden))
@@ -56,9 +63,10 @@ class _RouterBase(nn.Module):
 
     # --- shared -------------------------------------------------------------------
     def weights(self) -> dict:
-        """The router's tensors by the spec's names (detached: the decode step is inference and
-        never builds an autograd graph through the router), plus ``alpha_max``."""
-        w = {name: p.detach() for name, p in self.named_parameters()}
+        """The router's tensors by the spec's names, plus ``alpha_max``: detached (the decode step
+        is inference and never builds an autograd graph through the router) and contiguous (the
+        kernels read raw rows; a contiguous parameter is returned as is, not copied)."""
+        w = {name: p.detach().contiguous() for name, p in self.named_parameters()}
         w["alpha_max"] = self.alpha_max
         return w
 
@@ -75,14 +83,21 @@ class _RouterBase(nn.Module):
         return reference.router_mlp(x, self.w1, self.b1, self.w2, self.b2, self.alpha_max)
 
     def save_pretrained(self, directory: str) -> None:
+        """Write ``directory`` (config and weights), atomically: a kill at any moment leaves the
+        previous router there or this one (``atomic.replace_directory``; a trainer's checkpoints
+        and ``train_log.json`` in it are kept)."""
         from safetensors.torch import save_file
 
-        os.makedirs(directory, exist_ok=True)
         cfg = {"format_version": FORMAT_VERSION, "design": self.design, **self.config()}
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(tensors, os.path.join(directory, WEIGHTS_NAME))
-        with open(os.path.join(directory, CONFIG_NAME), "w") as f:
-            json.dump(cfg, f, indent=2)
+
+        def fill(tmp: str) -> None:
+            save_file(tensors, os.path.join(tmp, WEIGHTS_NAME))
+            with open(os.path.join(tmp, CONFIG_NAME), "w") as f:
+                json.dump(cfg, f, indent=2)
+
+        replace_directory(directory, fill, is_artifact=lambda d: os.path.isfile(os.path.join(d, CONFIG_NAME)),
+                          carry=TRAINING_RUN_ENTRIES)
 
     @classmethod
     def from_pretrained(cls, directory: str, *, vocab_size: Optional[int] = None,
@@ -104,22 +119,29 @@ class _RouterBase(nn.Module):
         kwargs = {k: v for k, v in cfg.items() if k not in ("format_version", "design")}
         try:
             router = target(**kwargs)
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             raise ValueError(f"{os.path.join(directory, CONFIG_NAME)}: bad router config: {e}") from None
         if vocab_size is not None and vocab_size != router.vocab_size:
             raise ValueError(f"vocab_size mismatch: the router in {directory} was built for "
                              f"vocab_size={router.vocab_size}, the caller expects {vocab_size}")
+        path = os.path.join(directory, WEIGHTS_NAME)
         state = _read_weights(directory)
         expected = router.state_dict()
         missing = sorted(set(expected) - set(state))
         extra = sorted(set(state) - set(expected))
         if missing or extra:
-            raise ValueError(f"{os.path.join(directory, WEIGHTS_NAME)}: missing tensors {missing}, "
-                             f"unexpected tensors {extra}")
+            raise ValueError(f"{path}: missing tensors {missing}, unexpected tensors {extra}")
         for name, t in state.items():
             if tuple(t.shape) != tuple(expected[name].shape):
-                raise ValueError(f"{os.path.join(directory, WEIGHTS_NAME)}: tensor {name!r} has shape "
-                                 f"{tuple(t.shape)}, the config implies {tuple(expected[name].shape)}")
+                raise ValueError(f"{path}: tensor {name!r} has shape {tuple(t.shape)}, the config implies "
+                                 f"{tuple(expected[name].shape)}")
+            # Rule: floating tensors load, converted to the router's fp32 parameters; integer or
+            # bool tensors are refused (nothing save_pretrained writes; a silent cast hides a bug).
+            if not t.is_floating_point():
+                raise ValueError(f"{path}: tensor {name!r} has dtype {t.dtype}; router weights are floating "
+                                 f"point (float32, or any float dtype, converted to float32)")
+            if not bool(torch.isfinite(t.to(expected[name].dtype)).all()):
+                raise ValueError(f"{path}: tensor {name!r} contains NaN or inf (in {expected[name].dtype})")
         router.load_state_dict(state)
         return router.to(map_location)
 
@@ -131,12 +153,12 @@ class TopKRouter(_RouterBase):
 
     def __init__(self, vocab_size: int, k: int = 16, embed_dim: int = 16, hidden: int = 64,
                  alpha_max: float = 2.0):
-        for name, value in (("k", k), ("embed_dim", embed_dim)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if isinstance(vocab_size, int) and k > vocab_size:
+        vocab_size, hidden, alpha_max = _check_sizes(vocab_size, hidden, alpha_max)
+        k = as_int("k", k, minimum=1)
+        embed_dim = as_int("embed_dim", embed_dim, minimum=1)
+        if k > vocab_size:
             raise ValueError(f"k={k} exceeds vocab_size={vocab_size}")
-        super().__init__(vocab_size, hidden, alpha_max, 2 * k + 2 + 2 * k * embed_dim)
+        super().__init__(vocab_size, hidden, alpha_max, 2 * k + 2 + 2 * k * embed_dim, vocab_size * embed_dim)
         self.k = k
         self.embed_dim = embed_dim
         self.embed = nn.Parameter(torch.randn(vocab_size, embed_dim) * 0.02)
@@ -159,6 +181,7 @@ class FullLogitsRouter(_RouterBase):
     design = "full"
 
     def __init__(self, vocab_size: int, hidden: int = 64, alpha_max: float = 2.0):
+        vocab_size, hidden, alpha_max = _check_sizes(vocab_size, hidden, alpha_max)
         super().__init__(vocab_size, hidden, alpha_max, 2 * vocab_size)
 
     def config(self) -> dict:
@@ -169,6 +192,12 @@ class FullLogitsRouter(_RouterBase):
 
 
 _DESIGNS = {"topk": TopKRouter, "full": FullLogitsRouter}
+
+
+def _check_sizes(vocab_size, hidden, alpha_max) -> tuple[int, int, float]:
+    return (as_int("vocab_size", vocab_size, minimum=1, maximum=MAX_VOCAB_SIZE),
+            as_int("hidden", hidden, minimum=1),
+            as_float("alpha_max", alpha_max, above=0.0, maximum=reference.MAX_ALPHA))
 
 
 def load_router(directory: str, *, vocab_size: Optional[int] = None,

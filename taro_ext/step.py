@@ -7,15 +7,16 @@ capture and ``torch.compile``.
 """
 from __future__ import annotations
 
-import os
+import math
 from typing import NamedTuple, Optional
 
 import torch
 
 from . import reference
+from .ops import AUTO_PREFERENCE, BACKENDS, available_backends, fused_step
 from .router import FullLogitsRouter, TopKRouter, _RouterBase
+from .validate import as_float, as_int
 
-BACKENDS = ("torch", "cpu", "triton", "cuda")
 _LOGITS_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -24,44 +25,6 @@ class StepResult(NamedTuple):
     alpha: torch.Tensor  # [B] fp32
     token_logprobs: torch.Tensor  # [B] fp32, log-prob of the chosen token
     logprobs: Optional[torch.Tensor]  # [B, V] fp32 when return_logprobs, else None
-
-
-def _native():
-    """The compiled extension, or None when it was not built."""
-    try:
-        from . import _C  # noqa: F401  (importing registers torch.ops.taro_ext.fused_step)
-    except ImportError:
-        return None
-    return _C
-
-
-def _triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def available_backends(device: str | torch.device | None = None) -> list[str]:
-    """Backends that can run here; with ``device``, those that run on tensors of that device.
-
-    ``torch`` (the reference) always; ``cpu`` when the extension is built; ``cuda`` when it
-    was compiled with nvcc and a GPU is visible; ``triton`` with a GPU, or on CPU tensors
-    under the Triton interpreter (``TRITON_INTERPRET=1``, for testing).
-    """
-    native = _native()
-    has_gpu = torch.cuda.is_available()
-    interp = os.environ.get("TRITON_INTERPRET") == "1"
-    kind = None if device is None else torch.device(device).type
-    out = ["torch"]
-    if native is not None and kind in (None, "cpu"):
-        out.append("cpu")
-    if _triton_available() and ((has_gpu and kind in (None, "cuda")) or (interp and kind in (None, "cpu"))):
-        out.append("triton")
-    if native is not None and native.compiled_with_cuda and has_gpu and kind in (None, "cuda"):
-        out.append("cuda")
-    return out
 
 
 def _pick_backend(backend: str, device: torch.device, design: str) -> str:
@@ -73,8 +36,7 @@ def _pick_backend(backend: str, device: torch.device, design: str) -> str:
         return "torch"
     usable = available_backends(device)
     if backend == "auto":
-        preference = ("cuda", "triton", "torch") if device.type == "cuda" else ("cpu", "torch")
-        return next(b for b in preference if b in usable)
+        return next(b for b in AUTO_PREFERENCE.get(device.type, ("torch",)) if b in usable)
     if backend not in usable:
         raise ValueError(f"backend={backend!r} cannot run on {device.type} tensors here "
                          f"(available: {usable})")
@@ -103,11 +65,22 @@ def _check_logits(base_logits, reward_logits, vocab_size):
         raise ValueError("base_logits has batch size 0")
 
 
+def check_temperature(temperature) -> float:
+    """``temperature`` as a float: 0 (greedy) or in ``[MIN_TEMPERATURE, MAX_TEMPERATURE]`` (what the
+    fp32 kernels compute ``s / T`` in without overflow; README "Spec choices")."""
+    temperature = as_float("temperature", temperature, minimum=0.0)
+    if temperature != 0 and not reference.MIN_TEMPERATURE <= temperature <= reference.MAX_TEMPERATURE:
+        raise ValueError(f"temperature must be 0 (greedy) or in [{reference.MIN_TEMPERATURE:g}, "
+                         f"{reference.MAX_TEMPERATURE:g}] (s / T is computed in fp32), got {temperature:g}")
+    return temperature
+
+
+def check_alpha(name: str, alpha) -> float:
+    """A fixed alpha (GenARM's, ``alpha_override``): a float in ``[0, MAX_ALPHA]``."""
+    return as_float(name, alpha, minimum=0.0, maximum=reference.MAX_ALPHA)
+
+
 def _check_sampling(temperature, uniform, batch, device):
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise TypeError(f"temperature must be a float, got {type(temperature).__name__}")
-    if not temperature >= 0 or temperature == float("inf"):
-        raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
     if temperature == 0:
         return None
     if uniform is None:
@@ -144,6 +117,28 @@ def _check_router(router, vocab_size, device):
             raise TypeError(f"router.{name} must be {' or '.join(map(str, allowed))}, got {p.dtype}")
         if p.device != device:
             raise ValueError(f"router.{name} is on {p.device}, the logits on {device}")
+    as_float("router.alpha_max", router.alpha_max, above=0.0, maximum=reference.MAX_ALPHA)
+
+
+def _check_router_values(router):
+    """Router weights are finite and cannot overflow fp32 in ``W1 x`` or ``w2 . h`` for any logits
+    (device syncs; skipped with check_inputs=False).
+
+    Every feature is bounded: log-probs lie in [FEATURE_LOGPROB_FLOOR, 0], entropies in
+    [0, log V], embeddings by their largest entry. So ``|u| <= |w2| . (|W1| x_max + |b1|) + |b2|``;
+    computed in fp32, this bound is finite exactly when the kernels' own sums cannot overflow.
+    """
+    for name, p in router.named_parameters():
+        if not bool(torch.isfinite(p).all()):
+            raise ValueError(f"router.{name} contains NaN or inf")
+    x_max = max(-reference.FEATURE_LOGPROB_FLOOR, math.log(router.vocab_size))
+    if isinstance(router, TopKRouter):
+        x_max = max(x_max, float(router.embed.detach().abs().max()))
+    h_bound = router.w1.detach().abs().sum(1) * x_max + router.b1.detach().abs()
+    u_bound = (router.w2.detach().abs() * h_bound).sum() + router.b2.detach().abs()
+    if not bool(torch.isfinite(u_bound)):
+        raise ValueError("the router's weights are so large that W1 x or w2 . h can overflow fp32 "
+                         "(alpha would be NaN)")
 
 
 def _check_values(base_logits, reward_logits, vocab_size, uniform, mixes_reward):
@@ -166,7 +161,7 @@ def _check_values(base_logits, reward_logits, vocab_size, uniform, mixes_reward)
 
 
 def _run(base_logits, reward_logits, router, *, temperature, uniform, vocab_size, alpha_override,
-         return_logprobs, check_inputs, backend) -> StepResult:
+         return_logprobs, check_inputs, backend, alpha_name="alpha_override") -> StepResult:
     if router is not None and not isinstance(router, _RouterBase):
         raise TypeError(f"router must be a TopKRouter or FullLogitsRouter, got {type(router).__name__}")
     if vocab_size is None:
@@ -174,44 +169,40 @@ def _run(base_logits, reward_logits, router, *, temperature, uniform, vocab_size
             raise ValueError("router is required unless alpha_override is given (and then vocab_size too)"
                              if alpha_override is None else "vocab_size is required when no router is given")
         vocab_size = router.vocab_size
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
-        raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
+    vocab_size = as_int("vocab_size", vocab_size, minimum=1)
     _check_logits(base_logits, reward_logits, vocab_size)
     device = base_logits.device
     batch = base_logits.shape[0]
+    temperature = check_temperature(temperature)
     uniform = _check_sampling(temperature, uniform, batch, device)
     if alpha_override is not None:
-        if isinstance(alpha_override, bool) or not isinstance(alpha_override, (int, float)):
-            raise TypeError(f"alpha_override must be a float, got {type(alpha_override).__name__}")
-        if not (alpha_override >= 0 and alpha_override != float("inf")):
-            raise ValueError(f"alpha_override must be finite and >= 0, got {alpha_override}")
-        alpha_override = float(alpha_override)
+        alpha_override = check_alpha(alpha_name, alpha_override)
     elif router is None:
         raise ValueError("router is required unless alpha_override is given")
     if router is not None and alpha_override is None:
         _check_router(router, vocab_size, device)
     design = router.design if (router is not None and alpha_override is None) else "topk"
     chosen = _pick_backend(backend, device, design)
+    uses_router = router is not None and alpha_override is None
     if check_inputs:
         mixes = alpha_override is None or alpha_override > 0
         _check_values(base_logits, reward_logits, vocab_size, uniform, mixes)
+        if uses_router:
+            _check_router_values(router)
     if base_logits.dtype != reward_logits.dtype:
         # The kernels read one dtype for both rows; promote both to fp32 (the math is fp32 anyway).
         base_logits, reward_logits = base_logits.float(), reward_logits.float()
 
-    weights = router.weights() if (router is not None and alpha_override is None) else None
+    weights = router.weights() if uses_router else None
     if chosen == "torch":
         k = router.k if isinstance(router, TopKRouter) else None
-        out = reference.reference_step(
+        return StepResult(*reference.reference_step(
             base_logits, reward_logits, vocab_size=vocab_size, k=k, router_weights=weights,
-            design=design, alpha_override=alpha_override, temperature=float(temperature),
-            uniform=uniform, return_logprobs=return_logprobs)
-        return StepResult(*out)
-    from .ops import fused_step
-
+            design=design, alpha_override=alpha_override, temperature=temperature,
+            uniform=uniform, return_logprobs=return_logprobs))
     return StepResult(*fused_step(chosen, base_logits, reward_logits, weights,
                                   k=router.k if weights is not None else 1, vocab_size=vocab_size,
-                                  temperature=float(temperature), uniform=uniform,
+                                  temperature=temperature, uniform=uniform,
                                   alpha_override=alpha_override, return_logprobs=return_logprobs))
 
 
@@ -240,11 +231,12 @@ def genarm_step(base_logits: torch.Tensor, reward_logits: torch.Tensor, alpha: f
     """
     if alpha is None:
         raise ValueError("alpha is required for genarm_step")
+    alpha = check_alpha("alpha", alpha)
     if vocab_size is None and isinstance(base_logits, torch.Tensor) and isinstance(reward_logits, torch.Tensor):
         vocab_size = min(base_logits.shape[-1], reward_logits.shape[-1])
     return _run(base_logits, reward_logits, None, temperature=temperature, uniform=uniform,
                 vocab_size=vocab_size, alpha_override=alpha, return_logprobs=return_logprobs,
-                check_inputs=check_inputs, backend=backend)
+                check_inputs=check_inputs, backend=backend, alpha_name="alpha")
 
 
 __all__ = ["StepResult", "taro_step", "genarm_step", "available_backends", "BACKENDS",

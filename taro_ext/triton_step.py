@@ -250,12 +250,12 @@ def _block_v(vocab_size: int) -> int:
     return min(triton.next_power_of_2(vocab_size), 8192 if _interpreted() else 2048)
 
 
-def triton_fused_step(base_logits: torch.Tensor, reward_logits: torch.Tensor, embed: Optional[torch.Tensor],
+def fused_step_triton(base_logits: torch.Tensor, reward_logits: torch.Tensor, embed: Optional[torch.Tensor],
                       w1: Optional[torch.Tensor], b1: Optional[torch.Tensor], w2: Optional[torch.Tensor],
                       b2: Optional[torch.Tensor], alpha_max: float, k: int, vocab_size: int, temperature: float,
                       uniform: Optional[torch.Tensor], alpha_override: Optional[float], return_logprobs: bool,
                       *, block_v: Optional[int] = None):
-    """One TARo step in one kernel launch; the arguments of ``taro_ext::triton_step``.
+    """One TARo step in one kernel launch; the arguments of ``torch.ops.taro_ext.fused_step_triton``.
 
     Inputs are validated by ``taro_step``/``genarm_step``; here only what the kernel itself
     relies on is checked. ``block_v`` (a power of two) overrides the column block size.

@@ -21,7 +21,8 @@ from taro_ext.data import StepPair
 from taro_ext.tiny import char_tokenizer, tiny_llama
 from taro_ext.training import (ArmTrainer, LoraSettings, RouterTrainer, TrainConfig, arm_loss, format_alpha_table,
                                train_causal_lm)
-from taro_ext.training.common import cosine_with_warmup, global_batch, list_checkpoints, trainable_state
+from taro_ext.training.checkpoints import list_checkpoints, trainable_state
+from taro_ext.training.loop import cosine_with_warmup, global_batch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

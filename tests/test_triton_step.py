@@ -38,7 +38,7 @@ def run_both(base, reward, *, k, temperature, uniform=None, alpha_override=None,
     ref = reference.reference_step(base, reward, vocab_size=vocab, k=k, router_weights=w,
                                    alpha_override=alpha_override, temperature=temperature, uniform=uniform,
                                    return_logprobs=True)
-    out = triton_step.triton_fused_step(base, reward, w["embed"], w["w1"], w["b1"], w["w2"], w["b2"],
+    out = triton_step.fused_step_triton(base, reward, w["embed"], w["w1"], w["b1"], w["w2"], w["b2"],
                                         w["alpha_max"], k, vocab, temperature, uniform, alpha_override, True,
                                         block_v=block_v)
     return ref, out
@@ -141,7 +141,7 @@ def test_one_launch_and_no_torch_compute_around_it(monkeypatch, alpha_override, 
     base, reward = torch.randn(2, WIDTH, device=DEVICE), torch.randn(2, WIDTH, device=DEVICE)
     uniform = torch.rand(2, device=DEVICE)
     with recorder:
-        out = triton_step.triton_fused_step(base, reward, w["embed"], w["w1"], w["b1"], w["w2"], w["b2"],
+        out = triton_step.fused_step_triton(base, reward, w["embed"], w["w1"], w["b1"], w["w2"], w["b2"],
                                             w["alpha_max"], k, VOCAB, temperature, uniform, alpha_override,
                                             logprobs)
     assert launches == [(2,)]
@@ -153,7 +153,7 @@ def test_block_size_must_be_a_power_of_two():
     w = router_weights(VOCAB, 1, 3, 5)
     x = torch.randn(1, VOCAB, device=DEVICE)
     with pytest.raises(ValueError, match="block_v"):
-        triton_step.triton_fused_step(x, x, w["embed"], w["w1"], w["b1"], w["w2"], w["b2"], 2.0, 1, VOCAB, 0.0,
+        triton_step.fused_step_triton(x, x, w["embed"], w["w1"], w["b1"], w["w2"], w["b2"], 2.0, 1, VOCAB, 0.0,
                                       None, None, False, block_v=48)
 
 

@@ -76,7 +76,7 @@ inline StepOutputs make_step_params(
                       "router embed must be a contiguous [V, d] tensor with V >= vocab_size");
     TORCH_CHECK_TYPE(embed->scalar_type() == at::kFloat || embed->scalar_type() == at::kBFloat16,
                      "router embed must be float32 or bfloat16");
-    TORCH_CHECK_VALUE(w1->dim() == 2 && w1->size(1) == router_input_dim(k, d) && w1->is_contiguous(),
+    TORCH_CHECK_VALUE(w1->dim() == 2 && w1->size(1) == router_input_dim(k, d),
                       "router w1 must be [H, 2K + 2 + 2Kd]");
     for (const at::Tensor* t : {&*w1, &*b1, &*w2, &*b2}) {
       TORCH_CHECK_TYPE(t->scalar_type() == at::kFloat, "router w1, b1, w2, b2 must be float32");

@@ -139,7 +139,7 @@ def _write_log(args, ctx, log):
 def _train_reward(args) -> int:
     from .. import data
     from ..training import ArmTrainer, LoraSettings
-    from ..training.common import distributed_context
+    from ..training.distributed import distributed_context
 
     config = _config(args)
     ctx = distributed_context(config.device)
@@ -194,7 +194,7 @@ def _train_router(args) -> int:
     from .. import data
     from ..router import FullLogitsRouter, TopKRouter
     from ..training import RouterTrainer, format_alpha_table
-    from ..training.common import distributed_context
+    from ..training.distributed import distributed_context
 
     import torch
 
@@ -247,7 +247,7 @@ def _train_router(args) -> int:
 
 def _make_data(args) -> int:
     from ..training import recipe_data
-    from ..training.common import distributed_context
+    from ..training.distributed import distributed_context
 
     t0 = time.perf_counter()
     os.makedirs(args.output, exist_ok=True)

@@ -24,7 +24,7 @@ import torch
 
 from .. import reference
 from ..data import render_prompt
-from ..training.common import collate_completions, completion_logits, encode_completion
+from ..training.batches import collate_completions, completion_logits, encode_completion
 from .harness import Method
 from .stats import bootstrap_interval
 

@@ -21,8 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from ..data import StepPair, render_prompt
-from .common import (CompletionBatch, DistributedContext, TrainConfig, TrainingTask, collate_completions,
-                     completion_logits, distributed_context, encode_completion, run_training, token_logprobs)
+from .batches import CompletionBatch, collate_completions, completion_logits, encode_completion, token_logprobs
+from .config import TrainConfig
+from .distributed import DistributedContext, distributed_context
+from .loop import TrainingTask, run_training
 
 REDUCTIONS = ("mean", "sum", "none")
 

@@ -17,8 +17,10 @@ from typing import Optional, Sequence
 import torch
 
 from .. import reference
-from .common import (DistributedContext, TrainConfig, TrainingTask, collate_completions, completion_logits,
-                     distributed_context, encode_completion, run_training)
+from .batches import collate_completions, completion_logits, encode_completion
+from .config import TrainConfig
+from .distributed import DistributedContext, distributed_context
+from .loop import TrainingTask, run_training
 
 TOKEN_CLASSES = ("digit", "operator", "whitespace", "letter", "other")
 _OPERATOR_CHARS = set("+-*/=×÷^()<>%")

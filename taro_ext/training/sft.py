@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Optional, Sequence, Union
 
-from .common import (TrainConfig, TrainingTask, collate_completions, completion_logits, distributed_context,
-                     encode_completion, run_training, token_logprobs)
+from .batches import collate_completions, completion_logits, encode_completion, token_logprobs
+from .config import TrainConfig
+from .distributed import distributed_context
+from .loop import TrainingTask, run_training
 
 
 def train_causal_lm(model, tokenizer, examples: Sequence[Union[str, tuple[str, str]]],
