@@ -101,8 +101,9 @@ class TaroLogitsProcessor:
         self.prev_ids = ids
         if self.router is not None:
             self.router.to(scores.device)
+        # Value checks (NaN logits, the router's weights) once per generate call: each is a device sync.
         result = taro_step(scores, reward_logits.to(scores.device), self.router, vocab_size=self.vocab_size,
-                           alpha_override=self.alpha, return_logprobs=True, check_inputs=False,
+                           alpha_override=self.alpha, return_logprobs=True, check_inputs=source is None,
                            backend=self.backend)
         self.alphas.append(result.alpha)
         mixed = torch.full_like(scores, float("-inf"), dtype=torch.float32)
