@@ -97,10 +97,10 @@ def read_step_pairs(path: str) -> list[StepPair]:
 
 
 def write_step_pairs(pairs: Iterable[StepPair], path: str) -> None:
-    """Write pairs as JSONL in the Math-Step-DPO-10K layout."""
-    with open(path, "w", encoding="utf-8") as f:
-        for p in pairs:
-            f.write(json.dumps(p.to_dict(), ensure_ascii=False) + "\n")
+    """Write pairs as JSONL in the Math-Step-DPO-10K layout (atomically: a kill leaves no half file)."""
+    from .atomic import write_text
+
+    write_text(path, "".join(json.dumps(p.to_dict(), ensure_ascii=False) + "\n" for p in pairs))
 
 
 def render_prompt(question: str, tokenizer=None, chat: bool = False) -> str:

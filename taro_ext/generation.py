@@ -43,7 +43,8 @@ import torch
 from .lm_forward import device_of, forward_last
 from .padding import left_pad, positions_from_mask
 from .router import _RouterBase
-from .step import BACKENDS, StepResult, available_backends, taro_step
+from .step import BACKENDS, StepResult, available_backends, check_alpha, check_temperature, taro_step
+from .validate import as_int
 
 MODES = ("taro", "genarm", "base")
 CACHES = ("dynamic", "static")
@@ -119,15 +120,12 @@ class TaroGenerator:
             raise ValueError(f"mode={mode!r} needs a reward_model")
         if mode == "taro" and not isinstance(router, _RouterBase):
             raise TypeError(f"mode='taro' needs a TopKRouter or FullLogitsRouter as router, got {type(router).__name__}")
-        if mode == "genarm" and (isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha >= 0
-                                 or alpha == float("inf")):
-            raise ValueError(f"alpha must be a finite float >= 0, got {alpha!r}")
+        if mode == "genarm":
+            alpha = check_alpha("alpha", alpha)
         shared_vocab = check_tokenizers(tokenizer, reward_tokenizer, base_model=base_model,
                                         reward_model=reward_model if mode != "base" else None)
-        if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int)
-                                       or not 1 <= vocab_size <= shared_vocab):
-            raise ValueError(f"vocab_size must be an int in [1, {shared_vocab}] (the tokenizer's size), "
-                             f"got {vocab_size!r}")
+        if vocab_size is not None:
+            vocab_size = as_int("vocab_size", vocab_size, minimum=1, maximum=shared_vocab)
         self.vocab_size = shared_vocab if vocab_size is None else vocab_size
         if mode == "taro" and router.vocab_size < self.vocab_size:
             raise ValueError(f"the router was built for vocab_size={router.vocab_size}, below the tokenizer's "
@@ -181,25 +179,66 @@ class TaroGenerator:
             return [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         return [self.tokenizer(p)["input_ids"] for p in prompts]
 
+    def context_length(self) -> Optional[int]:
+        """The most positions the models take (the smaller ``max_position_embeddings``), or None."""
+        limits = [getattr(m.config, "max_position_embeddings", None) for m in (self.base_model, self.reward_model)
+                  if m is not None]
+        limits = [n for n in limits if isinstance(n, int) and n > 0]
+        return min(limits) if limits else None
+
+    def _fit_context(self, prompt_ids: list[list[int]], max_new_tokens: int, truncate: bool) -> list[list[int]]:
+        limit = self.context_length()
+        if limit is None:
+            return prompt_ids
+        if max_new_tokens >= limit:
+            raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the models' "
+                             f"context of {limit} positions (max_position_embeddings)")
+        room = limit - max_new_tokens
+        too_long = [i for i, p in enumerate(prompt_ids) if len(p) > room]
+        if too_long and not truncate:
+            i = too_long[0]
+            raise ValueError(f"prompt {i} has {len(prompt_ids[i])} tokens; with max_new_tokens={max_new_tokens} "
+                             f"that exceeds the models' context of {limit} positions (max_position_embeddings). "
+                             f"Shorten it, lower max_new_tokens, or pass truncate_prompts=True (keeps the last "
+                             f"{room} tokens)")
+        return [p[len(p) - room:] if len(p) > room else p for p in prompt_ids]
+
     # --- generation ------------------------------------------------------------------------------
     @torch.inference_mode()
     def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 64, temperature: float = 0.0,
                  seed: int = 0, stop: Optional[Sequence[str]] = None, chat: bool = False,
-                 progress: Optional[Callable[[int, int], None]] = None) -> GenerationOutput:
-        """Generate for a batch of prompts. ``progress(step, active_rows)`` is called after each step."""
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        if not prompts or not all(isinstance(p, str) for p in prompts):
-            raise TypeError("prompts must be a string or a non-empty list of strings")
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
-            raise ValueError(f"temperature must be a float >= 0, got {temperature!r}")
-        stop = [stop] if isinstance(stop, str) else list(stop or [])
-        if any(not isinstance(s, str) or not s for s in stop):
-            raise ValueError("stop must be a string or a list of non-empty strings")
+                 progress: Optional[Callable[[int, int], None]] = None,
+                 truncate_prompts: bool = False) -> GenerationOutput:
+        """Generate for a batch of prompts. ``progress(step, active_rows)`` is called after each step.
+
+        A prompt whose tokens plus ``max_new_tokens`` exceed a model's context
+        (``config.max_position_embeddings``) is an error; with ``truncate_prompts=True`` such a
+        prompt keeps only its last tokens (those that fit; ``prompt_lengths`` reports what was kept).
+        """
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        elif not isinstance(prompts, Sequence) or not prompts or not all(isinstance(p, str) for p in prompts):
+            raise TypeError(f"prompts must be a string or a non-empty list of strings, got {prompts!r:.80}")
+        prompts = list(prompts)
+        max_new_tokens = as_int("max_new_tokens", max_new_tokens, minimum=1)
+        temperature = check_temperature(temperature)
+        # torch.Generator.manual_seed takes [-2**63, 2**64); seeds are non-negative here.
+        seed = as_int("seed", seed, minimum=0, maximum=2 ** 64 - 1)
+        if stop is None:
+            stop = []
+        elif isinstance(stop, str):
+            stop = [stop]
+        elif not isinstance(stop, Sequence) or not all(isinstance(s, str) for s in stop):
+            raise TypeError(f"stop must be a string or a list of non-empty strings, got {stop!r:.80}")
+        stop = list(stop)
+        if any(not s for s in stop):
+            raise ValueError("stop strings must be non-empty")
+        if not isinstance(truncate_prompts, bool):
+            raise TypeError(f"truncate_prompts must be True or False, got {truncate_prompts!r}")
         prompt_ids = self.encode(prompts, chat)
         if any(len(p) == 0 for p in prompt_ids):
             raise ValueError("every prompt must encode to at least one token")
+        prompt_ids = self._fit_context(prompt_ids, max_new_tokens, truncate_prompts)
         ids, mask = left_pad(prompt_ids, self.pad_id)
         batch = len(prompts)
         decoder = (_StaticDecoder(self, batch, ids.shape[1] + max_new_tokens) if self.cache == "static"

@@ -8,7 +8,8 @@ import torch
 from .lm_forward import device_of, forward_last
 from .padding import positions_from_mask
 from .router import _RouterBase
-from .step import taro_step
+from .step import BACKENDS, check_alpha, taro_step
+from .validate import as_int
 
 
 class TaroLogitsProcessor:
@@ -39,10 +40,21 @@ class TaroLogitsProcessor:
             raise ValueError("give a router (TARo) or alpha (GenARM)")
         if router is not None and alpha is not None:
             raise ValueError("give either a router or alpha, not both")
+        if router is not None and not isinstance(router, _RouterBase):
+            raise TypeError(f"router must be a TopKRouter or FullLogitsRouter, got {type(router).__name__}")
+        if alpha is not None:
+            alpha = check_alpha("alpha", alpha)
+        if not callable(getattr(reward_model, "get_input_embeddings", None)):
+            raise TypeError(f"reward_model must be a transformers causal LM, got {type(reward_model).__name__}")
+        if backend not in ("auto",) + BACKENDS:
+            raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {backend!r}")
+        if pad_token_id is not None:
+            pad_token_id = as_int("pad_token_id", pad_token_id, minimum=0)
         if vocab_size is None:
             if router is None:
                 raise ValueError("vocab_size is required with alpha (use len(tokenizer))")
             vocab_size = router.vocab_size
+        vocab_size = as_int("vocab_size", vocab_size, minimum=1)
         self.reward_model, self.router, self.alpha = reward_model, router, alpha
         self.vocab_size, self.pad_token_id, self.backend = vocab_size, pad_token_id, backend
         self.reset()
@@ -89,8 +101,9 @@ class TaroLogitsProcessor:
         self.prev_ids = ids
         if self.router is not None:
             self.router.to(scores.device)
+        # Value checks (NaN logits, the router's weights) once per generate call: each is a device sync.
         result = taro_step(scores, reward_logits.to(scores.device), self.router, vocab_size=self.vocab_size,
-                           alpha_override=self.alpha, return_logprobs=True, check_inputs=False,
+                           alpha_override=self.alpha, return_logprobs=True, check_inputs=source is None,
                            backend=self.backend)
         self.alphas.append(result.alpha)
         mixed = torch.full_like(scores, float("-inf"), dtype=torch.float32)

@@ -8,6 +8,7 @@ checkpoint under the cache directory, and load that checkpoint offline from then
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 from pathlib import Path
@@ -74,23 +75,54 @@ def load_model(path_or_name: str, *, dtype: torch.dtype = torch.float32, device:
     them) loads its base model (``base_model_name_or_path``, itself loaded with this function)
     and merges the adapters into it.
 
-    Loading is offline (``local_files_only``). ``device_map`` (e.g. ``"auto"``) is passed to
-    ``from_pretrained`` for models sharded over several GPUs; otherwise the model is moved
-    to ``device``.
+    Loading is offline and local: a path is never looked up on a hub, and weights are read from
+    safetensors files only (no pickle). Each way a checkpoint can be broken (a missing or
+    unreadable file, invalid JSON, an adapter that does not fit its base, an adapter whose base
+    is itself) is one ``FileNotFoundError`` or ``ValueError`` naming the path. ``device_map``
+    (e.g. ``"auto"``) is passed to ``from_pretrained`` for models sharded over several GPUs;
+    otherwise the model is moved to ``device``.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    return _load(path_or_name, dtype=dtype, device=device, device_map=device_map, adapters=())
 
+
+def _load(path_or_name: str, *, adapters: tuple[Path, ...], **load_kwargs):
     if path_or_name == SMOLLM2_NAME:
         path = smollm2_checkpoint()
     else:
         path = Path(path_or_name)
         if (path / ADAPTER_CONFIG).is_file():
-            return _load_adapter(path, dtype=dtype, device=device, device_map=device_map)
+            return _load_adapter(path, adapters=adapters, **load_kwargs)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path_or_name!r} is neither {SMOLLM2_NAME!r} nor a directory holding a "
                                     f"transformers checkpoint (config.json)")
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True, device_map=device_map)
+    return _load_checkpoint(path, **load_kwargs)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} must hold a JSON object")
+    return value
+
+
+def _load_checkpoint(path: Path, *, dtype, device, device_map):
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _read_json(path / "config.json")
+    if not any(path.glob("*.safetensors")):
+        raise FileNotFoundError(f"{path} holds no *.safetensors weights (pickle checkpoints such as "
+                                f"pytorch_model.bin are not loaded: they can run code)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True,
+                                                     device_map=device_map, use_safetensors=True)
+    except (SafetensorError, OSError, ValueError, KeyError, RuntimeError) as e:
+        raise ValueError(f"{path} is not a loadable transformers checkpoint: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}") from None
     if device_map is None:
         model = model.to(device)
     return model.eval(), tokenizer
@@ -102,17 +134,34 @@ def load_smollm2(*, dtype: torch.dtype = torch.float32, device: str | torch.devi
 
 
 ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
-def _load_adapter(path: Path, **load_kwargs):
-    import json
-
+def _load_adapter(path: Path, *, adapters: tuple[Path, ...], **load_kwargs):
     from peft import PeftModel
+    from peft.tuners.tuners_utils import NoMatchingPeftModuleError
+    from safetensors import SafetensorError
     from transformers import AutoTokenizer
 
-    base = json.loads((path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
-    if not base:
+    here = path.resolve()
+    if here in adapters:
+        chain = " -> ".join(str(p) for p in adapters + (here,))
+        raise ValueError(f"{path / ADAPTER_CONFIG}: the adapter's base model leads back to itself ({chain})")
+    base = _read_json(path / ADAPTER_CONFIG).get("base_model_name_or_path")
+    if not base or not isinstance(base, str):
         raise ValueError(f"{path / ADAPTER_CONFIG} names no base_model_name_or_path")
-    model, _ = load_model(base, **load_kwargs)
-    model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
-    return model.eval(), AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if not (path / ADAPTER_WEIGHTS).is_file():
+        # Checked here: peft would otherwise take the path for a hub repository id.
+        raise FileNotFoundError(f"no adapter weights at {path / ADAPTER_WEIGHTS}")
+    model, base_tokenizer = _load(base, adapters=adapters + (here,), **load_kwargs)
+    try:
+        model = PeftModel.from_pretrained(model, str(path), local_files_only=True).merge_and_unload()
+    except (SafetensorError, NoMatchingPeftModuleError, RuntimeError, ValueError, KeyError) as e:
+        raise ValueError(f"{path}: the adapters do not load onto the base model {base!r}: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    if (path / "tokenizer_config.json").is_file():
+        try:
+            return model.eval(), AutoTokenizer.from_pretrained(path, local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: the tokenizer files do not load: {e}") from None
+    return model.eval(), base_tokenizer

@@ -179,11 +179,11 @@ def _run(base_logits, reward_logits, router, *, temperature, uniform, vocab_size
         alpha_override = check_alpha(alpha_name, alpha_override)
     elif router is None:
         raise ValueError("router is required unless alpha_override is given")
-    if router is not None and alpha_override is None:
-        _check_router(router, vocab_size, device)
-    design = router.design if (router is not None and alpha_override is None) else "topk"
-    chosen = _pick_backend(backend, device, design)
     uses_router = router is not None and alpha_override is None
+    if uses_router:
+        _check_router(router, vocab_size, device)
+    design = router.design if uses_router else "topk"
+    chosen = _pick_backend(backend, device, design)
     if check_inputs:
         mixes = alpha_override is None or alpha_override > 0
         _check_values(base_logits, reward_logits, vocab_size, uniform, mixes)

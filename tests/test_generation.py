@@ -257,6 +257,70 @@ def test_bad_arguments_are_clear_errors(tiny):
         tok = char_tokenizer()
         tok.chat_template = None
         TaroGenerator(tiny.base, tiny.reward, tiny.router, tok, backend="torch").generate(["x"], chat=True)
+    for prompts in (None, 5, [], ["ok", 3], [None]):
+        with pytest.raises(TypeError, match="prompts"):
+            gen.generate(prompts)
+    for stop in (5, [5], ["ok", None]):
+        with pytest.raises(TypeError, match="stop"):
+            gen.generate(PROMPTS, stop=stop)
+    with pytest.raises(ValueError, match="stop"):
+        gen.generate(PROMPTS, stop=[""])
+    for seed, exc in ((2 ** 70, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError)):
+        with pytest.raises(exc, match="seed"):
+            gen.generate(PROMPTS, seed=seed)
+    for temperature in (1e-40, 1e39, float("nan")):
+        with pytest.raises(ValueError, match="temperature"):
+            gen.generate(PROMPTS, temperature=temperature)
+    with pytest.raises(TypeError, match="max_new_tokens"):
+        gen.generate(PROMPTS, max_new_tokens=True)
+    for alpha in (1e300, float("nan"), -1.0):
+        with pytest.raises(ValueError, match="alpha"):
+            TaroGenerator(tiny.base, tiny.reward, None, tiny.tok, mode="genarm", alpha=alpha)
+    with pytest.raises(TypeError, match="vocab_size"):
+        TaroGenerator(tiny.base, tiny.reward, tiny.router, tiny.tok, vocab_size=True)
+    # The largest seed torch takes works, and a NumPy integer is a seed.
+    np = pytest.importorskip("numpy")
+    gen.generate(PROMPTS[:1], max_new_tokens=1, seed=2 ** 64 - 1, temperature=0.5)
+    gen.generate(PROMPTS[:1], max_new_tokens=1, seed=np.int64(3), temperature=0.5)
+
+
+def test_logits_processor_bad_arguments_are_clear_errors(tiny):
+    for kwargs, exc, text in ((dict(alpha=1e300, vocab_size=tiny.vocab), ValueError, "alpha"),
+                              (dict(alpha=float("nan"), vocab_size=tiny.vocab), ValueError, "alpha"),
+                              (dict(alpha=1.0, vocab_size=True), TypeError, "vocab_size"),
+                              (dict(alpha=1.0, vocab_size=tiny.vocab, backend="tpu"), ValueError, "backend"),
+                              (dict(router=object()), TypeError, "router")):
+        with pytest.raises(exc, match=text):
+            TaroLogitsProcessor(tiny.reward, **kwargs)
+    with pytest.raises(TypeError, match="reward_model"):
+        TaroLogitsProcessor(None, alpha=1.0, vocab_size=tiny.vocab)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_a_prompt_past_the_context_is_an_error_or_truncated_when_asked(tiny, family):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    if family == "llama":
+        base = tiny_llama(tiny.vocab, seed=0, tokenizer=tiny.tok, hidden_size=32, num_layers=1,
+                          max_position_embeddings=24)
+    else:
+        torch.manual_seed(0)
+        base = GPT2LMHeadModel(GPT2Config(vocab_size=tiny.vocab, n_positions=24, n_embd=32, n_layer=1,
+                                          n_head=2)).eval()
+    gen = TaroGenerator(base, None, None, tiny.tok, mode="base", backend="torch")
+    assert gen.context_length() == 24
+    long_prompt = "0123456789" * 2  # 20 tokens (one per character)
+    assert len(tiny.tok(long_prompt)["input_ids"]) == 20
+    with pytest.raises(ValueError, match=r"prompt 1 has 20 tokens; with max_new_tokens=8 .* 24 positions"):
+        gen.generate(["ok", long_prompt], max_new_tokens=8)
+    with pytest.raises(ValueError, match="leaves no room"):
+        gen.generate(["ok"], max_new_tokens=24)
+    if family == "gpt2":
+        return  # the error comes before any forward; decoding GPT-2 is not this test's subject
+    out = gen.generate(["ok", long_prompt], max_new_tokens=8, truncate_prompts=True)
+    assert out.prompt_lengths == [2, 16] and len(out.token_ids[1]) == 8
+    kept = gen.generate([long_prompt[-16:]], max_new_tokens=8)
+    assert out.token_ids[1] == kept.token_ids[0]
 
 
 @pytest.mark.parametrize("steering", ["taro", "genarm"])

@@ -106,7 +106,7 @@ def test_nll_weight_adds_the_chosen_steps_per_token_nll():
         chosen, _ = trainer.pair_logps(trainer.model, trainer.encoded)
         per_token = sum(-c.item() / len(e[0][1]) for c, e in zip(chosen, trainer.encoded))
     assert losses[2.0] == pytest.approx(losses[0.0] + 2.0 * per_token, rel=1e-5)
-    with pytest.raises(ValueError, match="nll_weight"):
+    with pytest.raises(ValueError, match="nll_weight"):  # negative
         ArmTrainer(tiny_llama(len(tok), tokenizer=tok, hidden_size=32, num_layers=1), tok, pairs, nll_weight=-1.0)
 
 

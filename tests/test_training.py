@@ -7,6 +7,7 @@ import json
 import math
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -373,3 +374,185 @@ if __name__ == "__main__":
     if dist.get_rank() == 0:
         torch.save(weights, sys.argv[1])
     dist.destroy_process_group()
+
+
+# --- configurations that cannot be right, resuming the wrong checkpoint, loading no pickle --------
+
+BAD_CONFIGS = [
+    (dict(learning_rate=float("inf")), ValueError, "learning_rate"),
+    (dict(learning_rate=float("nan")), ValueError, "learning_rate"),
+    (dict(learning_rate=0.0), ValueError, "learning_rate"),
+    (dict(learning_rate="1e-3"), TypeError, "learning_rate"),
+    (dict(max_grad_norm=-1.0), ValueError, "max_grad_norm"),
+    (dict(max_grad_norm=0.0), ValueError, "max_grad_norm"),
+    (dict(max_grad_norm=float("nan")), ValueError, "max_grad_norm"),
+    (dict(batch_size=True), TypeError, "batch_size"),
+    (dict(batch_size=4.0), TypeError, "batch_size"),
+    (dict(micro_batch_size=0), ValueError, "micro_batch_size"),
+    (dict(epochs=float("inf")), ValueError, "epochs"),
+    (dict(epochs=0), ValueError, "epochs"),
+    (dict(max_steps=0), ValueError, "max_steps"),
+    (dict(max_steps=False), TypeError, "max_steps"),
+    (dict(warmup_steps=-1), ValueError, "warmup_steps"),
+    (dict(weight_decay=-0.1), ValueError, "weight_decay"),
+    (dict(weight_decay=float("inf")), ValueError, "weight_decay"),
+    (dict(seed=-1), ValueError, "seed"),
+    (dict(seed=2 ** 70), ValueError, "seed"),
+    (dict(keep_checkpoints=0), ValueError, "keep_checkpoints"),
+    (dict(bf16="yes"), TypeError, "bf16"),
+    (dict(progress=1), TypeError, "progress"),
+    (dict(device="potato"), ValueError, "device"),
+    (dict(output_dir=5), TypeError, "output_dir"),
+    (dict(checkpoint_every=5), ValueError, "output_dir"),
+    (dict(resume_from="latest"), ValueError, "output_dir"),
+]
+
+
+@pytest.mark.parametrize("kwargs,exc,text", BAD_CONFIGS, ids=[str(c[0]) for c in BAD_CONFIGS])
+def test_config_rejects_every_impossible_field(kwargs, exc, text):
+    with pytest.raises(exc, match=text):
+        TrainConfig(**kwargs)
+
+
+def test_config_takes_numpy_numbers_as_python_ones():
+    np = pytest.importorskip("numpy")
+    cfg = TrainConfig(batch_size=np.int64(8), learning_rate=np.float32(0.5), max_grad_norm=None)
+    assert type(cfg.batch_size) is int and type(cfg.learning_rate) is float and cfg.max_grad_norm is None
+
+
+def test_trainer_arguments_that_cannot_be_right_are_errors(tmp_path):
+    tok = char_tokenizer()
+    model = tiny_llama(len(tok), tokenizer=tok, hidden_size=32, num_layers=1)
+    pairs = letter_pairs(4, seed=0)
+    for kwargs, exc, text in ((dict(beta=float("inf")), ValueError, "beta"), (dict(beta=True), TypeError, "beta"),
+                              (dict(max_length=True), TypeError, "max_length"),
+                              (dict(chat="no"), TypeError, "chat"), (dict(config={}), TypeError, "config")):
+        with pytest.raises(exc, match=text):
+            ArmTrainer(model, tok, pairs, **kwargs)
+    for kwargs, exc, text in ((dict(rank=0), ValueError, "rank"), (dict(alpha=float("nan")), ValueError, "alpha"),
+                              (dict(dropout=1.0), ValueError, "dropout"),
+                              (dict(target_modules="q_proj"), TypeError, "target_modules")):
+        with pytest.raises(exc, match=text):
+            LoraSettings(**kwargs)
+    base, reward = bigram_task(tok)
+    (tmp_path / "file").write_text("x")
+    for kwargs, exc, text in ((dict(cache=str(tmp_path / "file")), ValueError, "is a file"),
+                              (dict(cache=5), TypeError, "cache"), (dict(cache_dtype=torch.int8), TypeError, "cache_dtype"),
+                              (dict(max_length=1), ValueError, "max_length")):
+        with pytest.raises(exc, match=text):
+            RouterTrainer(base, reward, tok, TopKRouter(len(tok), k=4), [("a", "1")], **kwargs)
+    with pytest.raises(TypeError, match="router"):
+        RouterTrainer(base, reward, tok, object(), [("a", "1")])
+
+
+def test_a_diverging_loss_stops_training():
+    tok = char_tokenizer()
+    base, reward = bigram_task(tok)
+    router = TopKRouter(len(tok), k=4, embed_dim=4, hidden=8)
+    trainer = RouterTrainer(base, reward, tok, router, bigram_examples(4, seed=0, length=4),
+                            config=quiet(learning_rate=1e30, batch_size=4, micro_batch_size=4, max_steps=5,
+                                         max_grad_norm=None, device="cpu"))
+    with pytest.raises(ValueError, match="training loss is"):
+        trainer.train()
+
+
+def _lora_trainer(tok, out, rank=4, resume=None, targets=("q_proj", "v_proj")):
+    model = tiny_llama(len(tok), tokenizer=tok, hidden_size=32, num_layers=1, seed=1)
+    cfg = quiet(learning_rate=5e-3, batch_size=4, micro_batch_size=4, max_steps=2, output_dir=str(out),
+                checkpoint_every=1, resume_from=resume, device="cpu")
+    return ArmTrainer(model, tok, letter_pairs(4, seed=2), beta=0.5, config=cfg,
+                      lora=LoraSettings(rank=rank, target_modules=targets))
+
+
+def test_resuming_a_checkpoint_of_other_parameters_is_refused(tmp_path):
+    tok = char_tokenizer()
+    _lora_trainer(tok, tmp_path).train()
+    checkpoint = os.path.join(str(tmp_path), "checkpoint-1")
+    with pytest.raises(ValueError, match="parameter .* is \\(\\d+, \\d+\\), the model's is \\(\\d+, \\d+\\)"):
+        _lora_trainer(tok, tmp_path, rank=8, resume=checkpoint).train()
+    with pytest.raises(ValueError, match="missing .*k_proj.*unexpected \\[\\]"):
+        _lora_trainer(tok, tmp_path, resume=checkpoint, targets=("q_proj", "k_proj", "v_proj")).train()
+    with pytest.raises(ValueError, match="missing \\[\\], unexpected .*v_proj"):
+        _lora_trainer(tok, tmp_path, resume=checkpoint, targets=("q_proj",)).train()
+    # A trainable dict that lacks one parameter (or has one more) is refused, not half applied.
+    path = os.path.join(checkpoint, "trainer_state.pt")
+    state = torch.load(path, weights_only=True)
+    dropped = sorted(state["trainable"])[0]
+    del state["trainable"][dropped]
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=f"missing \\['{re.escape(dropped)}'\\]"):
+        _lora_trainer(tok, tmp_path, resume=checkpoint).train()
+
+
+class _Payload:
+    """Unpickling this would create a file: a checkpoint must never run it."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_checkpoints_and_logits_caches_are_loaded_without_pickle(tmp_path):
+    tok = char_tokenizer()
+    trainer = _lora_trainer(tok, tmp_path)
+    trainer.train()
+    marker = tmp_path / "code_ran"
+    path = os.path.join(str(tmp_path), "checkpoint-1", "trainer_state.pt")
+    torch.save({"step": 1, "trainable": {}, "evil": _Payload(str(marker))}, path)
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        _lora_trainer(tok, tmp_path, resume=os.path.dirname(path)).train()
+    assert not marker.exists()
+    with open(path, "wb") as f:
+        f.write(b"\x80\x04garbage")
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        _lora_trainer(tok, tmp_path, resume=os.path.dirname(path)).train()
+    # The router trainer's disk cache: same rule.
+    base, reward = bigram_task(tok)
+    cache = tmp_path / "cache"
+    examples = bigram_examples(2, seed=0, length=4)
+    cfg = quiet(learning_rate=1e-2, batch_size=2, micro_batch_size=2, max_steps=1, device="cpu")
+    RouterTrainer(base, reward, tok, TopKRouter(len(tok), k=4), examples, cache=str(cache), config=cfg).train()
+    torch.save(_Payload(str(marker)), cache / "0.pt")
+    with pytest.raises(ValueError, match="not a readable logits cache file"):
+        RouterTrainer(base, reward, tok, TopKRouter(len(tok), k=4), examples, cache=str(cache), config=cfg).train()
+    assert not marker.exists()
+    torch.save((torch.zeros(3, 2), torch.zeros(3, 2)), cache / "0.pt")  # rows of another example
+    with pytest.raises(ValueError, match="does not hold this example's logits rows"):
+        RouterTrainer(base, reward, tok, TopKRouter(len(tok), k=4), examples, cache=str(cache), config=cfg).train()
+
+
+def test_reward_model_save_is_atomic_and_keeps_the_training_run(tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    tok = char_tokenizer()
+    out = tmp_path / "rm"
+    first = _lora_trainer(tok, out)
+    first.train()
+    first.save(str(out))  # merged full model, beside checkpoint-1
+    ids = torch.tensor([tok("xyzab")["input_ids"]])
+    with torch.no_grad():
+        saved = AutoModelForCausalLM.from_pretrained(str(out))(ids).logits
+    assert os.path.isdir(out / "checkpoint-1")
+
+    second = ArmTrainer(tiny_llama(len(tok), tokenizer=tok, hidden_size=32, num_layers=1, seed=9), tok,
+                        letter_pairs(4, seed=2), beta=0.5, config=quiet(device="cpu"))
+
+    class Killed(BaseException):
+        pass
+
+    def killed(*args, **kwargs):
+        raise Killed()
+
+    monkeypatch.setattr(type(tok), "save_pretrained", killed)  # dies after the model files are written
+    with pytest.raises(Killed):
+        second.save(str(out))
+    monkeypatch.undo()
+    with torch.no_grad():
+        torch.testing.assert_close(AutoModelForCausalLM.from_pretrained(str(out))(ids).logits, saved)
+    second.save(str(out))
+    with torch.no_grad():
+        torch.testing.assert_close(AutoModelForCausalLM.from_pretrained(str(out))(ids).logits,
+                                   second.model(ids).logits)
+    assert os.path.isdir(out / "checkpoint-1") and sorted(os.listdir(tmp_path)) == ["rm"]

@@ -131,9 +131,10 @@ def _solutions(args, count):
 
 def _write_log(args, ctx, log):
     if ctx.is_main:
-        os.makedirs(args.output, exist_ok=True)
-        with open(os.path.join(args.output, "train_log.json"), "w") as f:
-            json.dump({"args": {k: v for k, v in vars(args).items() if k != "func"}, **log}, f, indent=2)
+        from .atomic import write_text
+
+        write_text(os.path.join(args.output, "train_log.json"),
+                   json.dumps({"args": {k: v for k, v in vars(args).items() if k != "func"}, **log}, indent=2))
 
 
 def _train_reward(args) -> int:

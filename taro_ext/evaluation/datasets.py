@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional, Union
 
+from ..atomic import write_text
 from .graders import TASKS
 
 MATH_INSTRUCTION = "Solve the problem step by step, then give the final answer as \\boxed{answer}."
@@ -113,5 +114,4 @@ def write_alpaca_eval_outputs(items: list[EvalItem], outputs: list[str], generat
         raise ValueError(f"outputs has {len(outputs)} entries for {len(items)} items")
     records = [{"instruction": it.prompt, "output": out, "generator": generator,
                 "dataset": (it.meta or {}).get("dataset", "")} for it, out in zip(items, outputs)]
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(records, f, indent=2, ensure_ascii=False)
+    write_text(path, json.dumps(records, indent=2, ensure_ascii=False))

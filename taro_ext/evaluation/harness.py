@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+from ..atomic import write_text
 from ..training.router_training import TOKEN_CLASSES, token_class
 from .datasets import EvalItem, write_alpaca_eval_outputs
 from .graders import grade
@@ -228,9 +229,7 @@ def write_report(results: dict, out_dir: str, stem: Optional[str] = None, items:
             path = os.path.join(out_dir, f"{stem}_{name.replace(':', '_')}_model_outputs.json")
             write_alpaca_eval_outputs(list(items), results["summary"][name].pop("outputs"), f"taro_ext-{name}", path)
             paths[f"alpaca_eval:{name}"] = path
-    with open(paths["json"], "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=1, ensure_ascii=False)
-    with open(paths["markdown"], "w", encoding="utf-8") as f:
-        f.write(markdown_table(results))
+    write_text(paths["json"], json.dumps(results, indent=1, ensure_ascii=False))
+    write_text(paths["markdown"], markdown_table(results))
     plot(results, paths["plot"])
     return paths

@@ -20,7 +20,11 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..atomic import replace_directory
 from ..data import StepPair, render_prompt
+from ..models import ADAPTER_CONFIG
+from ..router import TRAINING_RUN_ENTRIES
+from ..validate import as_float, as_int
 from .batches import CompletionBatch, collate_completions, completion_logits, encode_completion, token_logprobs
 from .config import TrainConfig
 from .distributed import DistributedContext, distributed_context
@@ -37,8 +41,7 @@ def arm_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, beta: flo
     if chosen_logps.shape != rejected_logps.shape:
         raise ValueError(f"chosen_logps {tuple(chosen_logps.shape)} and rejected_logps "
                          f"{tuple(rejected_logps.shape)} must have the same shape")
-    if not (isinstance(beta, (int, float)) and beta > 0):
-        raise ValueError(f"beta must be a positive number, got {beta!r}")
+    beta = as_float("beta", beta, above=0.0)
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     losses = -F.logsigmoid(beta * (chosen_logps - rejected_logps))
@@ -59,6 +62,16 @@ class LoraSettings:
     dropout: float = 0.0
     target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
+    def __post_init__(self):
+        self.rank = as_int("rank", self.rank, minimum=1)
+        self.alpha = as_float("alpha", self.alpha, above=0.0)
+        self.dropout = as_float("dropout", self.dropout, minimum=0.0)
+        if self.dropout >= 1:
+            raise ValueError(f"dropout must be < 1, got {self.dropout}")
+        if isinstance(self.target_modules, str) or not self.target_modules or \
+                not all(isinstance(m, str) and m for m in self.target_modules):
+            raise TypeError(f"target_modules must be a non-empty list of module names, got {self.target_modules!r}")
+
 
 class ArmTrainer:
     """Trains a causal LM as a GenARM reward model on ``StepPair``s.
@@ -71,13 +84,16 @@ class ArmTrainer:
     def __init__(self, model, tokenizer, pairs: Sequence[StepPair], *, beta: float = 0.05,
                  config: Optional[TrainConfig] = None, lora: Optional[LoraSettings] = None, chat: bool = False,
                  max_length: int = 1024, gradient_checkpointing: bool = False, nll_weight: float = 0.0):
-        if not (isinstance(beta, (int, float)) and beta > 0):
-            raise ValueError(f"beta must be a positive number, got {beta!r}")
-        if isinstance(nll_weight, bool) or not isinstance(nll_weight, (int, float)) or not 0 <= nll_weight < float("inf"):
-            raise ValueError(f"nll_weight must be a finite number >= 0, got {nll_weight!r}")
-        self.nll_weight = float(nll_weight)
-        if not isinstance(max_length, int) or max_length < 2:
-            raise ValueError(f"max_length must be an int >= 2, got {max_length!r}")
+        beta = as_float("beta", beta, above=0.0)
+        max_length = as_int("max_length", max_length, minimum=2)
+        self.nll_weight = as_float("nll_weight", nll_weight, minimum=0.0)
+        for name, value in (("chat", chat), ("gradient_checkpointing", gradient_checkpointing)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be True or False, got {value!r}")
+        if config is not None and not isinstance(config, TrainConfig):
+            raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+        if lora is not None and not isinstance(lora, LoraSettings):
+            raise TypeError(f"lora must be a LoraSettings or None, got {type(lora).__name__}")
         self.config = config or TrainConfig()
         self.ctx: DistributedContext = distributed_context(self.config.device)
         self.tokenizer = tokenizer
@@ -158,7 +174,9 @@ class ArmTrainer:
         written (megabytes, not the whole model); ``load_model`` loads such a directory by
         loading ``base_model`` and merging. Otherwise the full model is written (LoRA merged
         into the weights first, in place: call it once training is over), loadable with
-        ``AutoModelForCausalLM.from_pretrained``.
+        ``AutoModelForCausalLM.from_pretrained``. The directory is replaced atomically (a kill at
+        any moment leaves the previous model or this one; checkpoints and ``train_log.json`` in
+        it are kept).
         """
         adapter_only = self.lora is not None and base_model is not None
         if self.lora is not None and not adapter_only:
@@ -166,8 +184,13 @@ class ArmTrainer:
             self.lora = None
         if not self.ctx.is_main:
             return
-        os.makedirs(output_dir, exist_ok=True)
         if adapter_only:
             self.model.peft_config["default"].base_model_name_or_path = base_model
-        self.model.save_pretrained(output_dir)
-        self.tokenizer.save_pretrained(output_dir)
+
+        def fill(tmp: str) -> None:
+            self.model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+
+        replace_directory(output_dir, fill, carry=TRAINING_RUN_ENTRIES,
+                          is_artifact=lambda d: any(os.path.isfile(os.path.join(d, name))
+                                                    for name in ("config.json", ADAPTER_CONFIG)))

@@ -10,6 +10,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
+from ..atomic import write_file
 from .distributed import DistributedContext
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -27,12 +28,11 @@ def save_checkpoint(output_dir: str, step: int, module, optimizer, scheduler, ct
     if ctx.is_main:
         path = os.path.join(output_dir, f"{CHECKPOINT_PREFIX}{step}")
         os.makedirs(path, exist_ok=True)
+        # Tensors and plain containers only, so that load_checkpoint reads it with weights_only=True.
         state = {"step": step, "trainable": trainable_state(module), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
                  "python_rng": random.getstate()}
-        tmp = os.path.join(path, TRAINER_STATE_NAME + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, os.path.join(path, TRAINER_STATE_NAME))
+        write_file(os.path.join(path, TRAINER_STATE_NAME), lambda tmp: torch.save(state, tmp))
         for old in list_checkpoints(output_dir)[:-keep]:
             shutil.rmtree(old)
     if ctx.world_size > 1:
@@ -65,17 +65,41 @@ def resolve_checkpoint(resume_from: str, output_dir: Optional[str]) -> str:
 
 
 def load_checkpoint(path: str, module, optimizer, scheduler) -> int:
-    """Restore what ``save_checkpoint`` wrote; returns the step to continue from."""
-    state = torch.load(os.path.join(path, TRAINER_STATE_NAME), map_location="cpu", weights_only=False)
-    params = dict(module.named_parameters())
-    unknown = sorted(set(state["trainable"]) - {n for n, p in params.items() if p.requires_grad})
-    if unknown:
-        raise ValueError(f"checkpoint {path} holds parameters this model does not train: {unknown[:5]}")
+    """Restore what ``save_checkpoint`` wrote; returns the step to continue from.
+
+    The file is read with ``weights_only=True`` (tensors and plain containers: no code runs).
+    Its trainable parameters must be exactly the module's, with the same shapes: a checkpoint of
+    another model or another LoRA setting is refused, never half applied.
+    """
+    file = os.path.join(path, TRAINER_STATE_NAME)
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  (UnpicklingError, RuntimeError, EOFError ...: one message)
+        raise ValueError(f"{file} is not a readable checkpoint: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    keys = ("step", "trainable", "optimizer", "scheduler", "torch_rng", "python_rng")
+    if not isinstance(state, dict) or any(k not in state for k in keys) or not isinstance(state["trainable"], dict):
+        raise ValueError(f"{file} is not a taro_ext trainer state (expected the keys {list(keys)})")
+    trainable = {n: p for n, p in module.named_parameters() if p.requires_grad}
+    missing = sorted(set(trainable) - set(state["trainable"]))
+    extra = sorted(set(state["trainable"]) - set(trainable))
+    if missing or extra:
+        raise ValueError(f"checkpoint {path} does not match the model's trainable parameters: missing "
+                         f"{missing[:5]}{' ...' if len(missing) > 5 else ''}, unexpected {extra[:5]}"
+                         f"{' ...' if len(extra) > 5 else ''}")
+    for name, value in state["trainable"].items():
+        if not torch.is_tensor(value) or value.shape != trainable[name].shape:
+            shape = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
+            raise ValueError(f"checkpoint {path}: parameter {name!r} is {shape}, the model's is "
+                             f"{tuple(trainable[name].shape)}")
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise ValueError(f"checkpoint {path}: the optimizer or schedule state does not fit: {e}") from None
     with torch.no_grad():
         for name, value in state["trainable"].items():
-            params[name].copy_(value)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+            trainable[name].copy_(value)
     torch.set_rng_state(state["torch_rng"])
     random.setstate(state["python_rng"])
     return int(state["step"])

@@ -1,8 +1,16 @@
 """``TrainConfig``: the optimisation settings every trainer takes."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Optional
+
+import torch
+
+from ..validate import as_float, as_int
+
+# Seeds feed torch.Generator.manual_seed(seed + epoch), which takes at most 2**64 - 1.
+MAX_SEED = 2 ** 63 - 1
 
 
 @dataclass
@@ -33,19 +41,39 @@ class TrainConfig:
     device: Optional[str] = None
 
     def __post_init__(self):
+        # Every field is checked (and NumPy numbers become Python ones): a config that cannot be
+        # right (lr inf, a negative clipping norm that reverses the gradient, batch_size=True)
+        # is an error here, not a silently wrong run.
         for name in ("batch_size", "micro_batch_size", "keep_checkpoints"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            setattr(self, name, as_int(name, getattr(self, name), minimum=1))
         for name in ("max_steps", "checkpoint_every"):
+            if getattr(self, name) is not None:
+                setattr(self, name, as_int(name, getattr(self, name), minimum=1))
+        self.warmup_steps = as_int("warmup_steps", self.warmup_steps, minimum=0)
+        self.seed = as_int("seed", self.seed, minimum=0, maximum=MAX_SEED)
+        self.learning_rate = as_float("learning_rate", self.learning_rate, above=0.0)
+        self.epochs = as_float("epochs", self.epochs, above=0.0)
+        self.weight_decay = as_float("weight_decay", self.weight_decay, minimum=0.0)
+        if self.max_grad_norm is not None:
+            self.max_grad_norm = as_float("max_grad_norm", self.max_grad_norm, above=0.0)
+        if self.bf16 is not None and not isinstance(self.bf16, bool):
+            raise TypeError(f"bf16 must be True, False or None, got {self.bf16!r}")
+        if not isinstance(self.progress, bool):
+            raise TypeError(f"progress must be True or False, got {self.progress!r}")
+        for name in ("output_dir", "resume_from"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive int or None, got {value!r}")
-        if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}")
-        if not (isinstance(self.epochs, (int, float)) and self.epochs > 0):
-            raise ValueError(f"epochs must be positive, got {self.epochs!r}")
-        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be a non-negative int, got {self.warmup_steps!r}")
+            if value is not None:
+                if not isinstance(value, (str, os.PathLike)) or not str(value):
+                    raise TypeError(f"{name} must be a path (str) or None, got {value!r}")
+                setattr(self, name, os.fspath(value))
+        if self.device is not None:
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError):
+                raise ValueError(f"device must name a torch device ('cpu', 'cuda', 'cuda:1'), "
+                                 f"got {self.device!r}") from None
+            self.device = str(self.device)
         if self.checkpoint_every is not None and self.output_dir is None:
             raise ValueError("checkpoint_every needs output_dir (where checkpoints are written)")
+        if self.resume_from == "latest" and self.output_dir is None:
+            raise ValueError("resume_from='latest' needs output_dir (where checkpoints are looked for)")

@@ -145,6 +145,10 @@ def run_training(task: TrainingTask, config: TrainConfig, ctx: Optional[Distribu
         if ctx.world_size > 1:
             dist.all_reduce(sums)
         values = (sums / total_weight).tolist()
+        if not math.isfinite(values[0]):
+            # The optimizer has already applied it: the weights are no longer trustworthy.
+            raise ValueError(f"the training loss is {values[0]} at step {step + 1}: stopping "
+                                     f"(lower learning_rate, or check the data and max_grad_norm)")
         record = {"step": step + 1, "loss": values[0], "lr": lr,
                   **dict(zip(task.metric_names, values[1:]))}
         history.append(record)

@@ -17,6 +17,9 @@ from typing import Optional, Sequence
 import torch
 
 from .. import reference
+from ..atomic import write_file, write_text
+from ..router import _RouterBase
+from ..validate import as_int
 from .batches import collate_completions, completion_logits, encode_completion
 from .config import TrainConfig
 from .distributed import DistributedContext, distributed_context
@@ -103,8 +106,7 @@ class FrozenLogits:
                         raise ValueError(f"cache={cache!r} holds logits of other examples (or another "
                                          f"tokenisation); use an empty directory")
             else:
-                with open(manifest, "w") as f:
-                    json.dump({"examples_sha256": digest, "count": len(encoded)}, f)
+                write_text(manifest, json.dumps({"examples_sha256": digest, "count": len(encoded)}))
 
     @torch.no_grad()
     def compute(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -121,18 +123,26 @@ class FrozenLogits:
     def _load(self, i: int):
         if self.cache == "memory":
             return self.memory.get(i)
-        if os.path.isfile(self._path(i)):
-            return torch.load(self._path(i), map_location="cpu")
-        return None
+        if not os.path.isfile(self._path(i)):
+            return None
+        try:  # weights_only: a cache file is tensors, and loading it must run no code
+            rows = torch.load(self._path(i), map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001  (UnpicklingError, RuntimeError, EOFError ...: one message)
+            raise ValueError(f"{self._path(i)} is not a readable logits cache file ({type(e).__name__}); "
+                             f"delete the cache directory {self.cache}") from None
+        targets = self.encoded[i][1]
+        if not (isinstance(rows, tuple) and len(rows) == 2 and all(torch.is_tensor(r) and r.dim() == 2
+                                                                  and r.shape[0] == len(targets) for r in rows)):
+            raise ValueError(f"{self._path(i)} does not hold this example's logits rows; delete the cache "
+                             f"directory {self.cache}")
+        return rows
 
     def _store(self, i: int, rows) -> None:
         rows = tuple(r.to("cpu", self.cache_dtype) for r in rows)
         if self.cache == "memory":
             self.memory[i] = rows
         else:
-            tmp = self._path(i) + f".tmp{os.getpid()}"
-            torch.save(rows, tmp)
-            os.replace(tmp, self._path(i))  # atomic: another process may read it later
+            write_file(self._path(i), lambda tmp: torch.save(rows, tmp))  # another process may read it later
 
     def rows(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(base_rows [N, Vb], reward_rows [N, Vr], targets [N])`` over the examples' target tokens."""
@@ -160,8 +170,17 @@ class RouterTrainer:
     def __init__(self, base_model, reward_model, tokenizer, router, examples: Sequence[tuple[str, str]], *,
                  config: Optional[TrainConfig] = None, max_length: int = 1024, cache: Optional[str] = None,
                  cache_dtype: torch.dtype = torch.float32):
-        if not isinstance(max_length, int) or max_length < 2:
-            raise ValueError(f"max_length must be an int >= 2, got {max_length!r}")
+        max_length = as_int("max_length", max_length, minimum=2)
+        if not isinstance(router, _RouterBase):
+            raise TypeError(f"router must be a TopKRouter or FullLogitsRouter, got {type(router).__name__}")
+        if config is not None and not isinstance(config, TrainConfig):
+            raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+        if cache is not None and not isinstance(cache, (str, os.PathLike)):
+            raise TypeError(f"cache must be None, 'memory' or a directory, got {cache!r}")
+        if cache not in (None, "memory") and os.path.exists(cache) and not os.path.isdir(cache):
+            raise ValueError(f"cache={os.fspath(cache)!r} is a file, not a directory")
+        if not (isinstance(cache_dtype, torch.dtype) and cache_dtype.is_floating_point):
+            raise TypeError(f"cache_dtype must be a floating torch.dtype, got {cache_dtype!r}")
         if len(tokenizer) > router.vocab_size:
             raise ValueError(f"the router's vocab_size={router.vocab_size} is smaller than the tokenizer's "
                              f"{len(tokenizer)} tokens")
@@ -175,8 +194,8 @@ class RouterTrainer:
         self.router = router.to(self.ctx.device)
         self.vocab_size = router.vocab_size
         self.encoded = self.encode(examples)
-        self.frozen = FrozenLogits(self.base, self.reward, self.encoded, self.pad_id, self.ctx.device, cache,
-                                   cache_dtype)
+        self.frozen = FrozenLogits(self.base, self.reward, self.encoded, self.pad_id, self.ctx.device,
+                                   None if cache is None else os.fspath(cache), cache_dtype)
 
     def encode(self, examples):
         for n, ex in enumerate(examples):

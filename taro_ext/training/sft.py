@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence, Union
 
+from ..validate import as_int
 from .batches import collate_completions, completion_logits, encode_completion, token_logprobs
 from .config import TrainConfig
 from .distributed import distributed_context
@@ -20,6 +21,9 @@ def train_causal_lm(model, tokenizer, examples: Sequence[Union[str, tuple[str, s
     the model's own trainable set (e.g. a peft model's adapters: the reward model's SFT warm
     start). Returns the per-step log of ``run_training``.
     """
+    max_length = as_int("max_length", max_length, minimum=2)
+    if config is not None and not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     config = config or TrainConfig()
     ctx = distributed_context(config.device)
     pairs = []
