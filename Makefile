@@ -12,7 +12,7 @@ export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0a
 export MAX_JOBS ?= 2
 NATIVE_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh')
 
-.PHONY: setup build test demo bench experiment-a recipe experiment-b cmake-test clean
+.PHONY: setup build test demo bench experiment-a recipe experiment-b cmake-test cmake-test-sanitize clean
 
 setup: $(VENV)/.deps-installed build
 
@@ -61,6 +61,11 @@ experiment-b: setup
 # extension build (setup.py) has already compiled the CUDA sources with nvcc in that run.
 cmake-test:
 	cmake -S . -B build/cmake -G Ninja $(CMAKE_ARGS) -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja) && cmake --build build/cmake && ctest --test-dir build/cmake --output-on-failure
+
+# The same library and native tests (the fuzz included) under AddressSanitizer and
+# UndefinedBehaviorSanitizer, CPU only; any finding fails the run.
+cmake-test-sanitize:
+	cmake -S . -B build/cmake-sanitize -G Ninja -DTARO_SANITIZE=ON -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja) && cmake --build build/cmake-sanitize && ctest --test-dir build/cmake-sanitize --output-on-failure
 
 clean:
 	rm -rf build build.log taro_ext/_C*.so $(VENV)/.built

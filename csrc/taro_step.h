@@ -58,7 +58,11 @@ struct StepParams {
 inline int64_t router_input_dim(int64_t k, int64_t d) { return 2 * k + 2 + 2 * k * d; }
 
 // CPU kernel: one call, multi-threaded with OpenMP (num_threads <= 0: OpenMP default).
-// Returns 0 on success, a non-zero code for parameters it cannot handle.
+// Returns 0 on success, a non-zero code for parameters it cannot handle. Logit values are
+// not checked (the Python API's check_inputs does that): a row with NaN or +inf among its
+// first vocab_size logits, or with no finite mixed score, gets some token in [0, vocab_size)
+// and unspecified alpha and log-probs; the other rows are unaffected
+// (csrc/tests/fuzz_native.cpp holds the kernel to this).
 int taro_step_cpu(const StepParams& params, int num_threads);
 
 }  // namespace taro

@@ -1,9 +1,7 @@
 // Native test of the torch-free CPU kernel (taro::taro_step_cpu), run by ctest.
 //
-// Small cases are checked against values computed by hand and against `reference_row`, a
-// plain double-precision loop over the spec (../../shared/TARO_SPEC.md) written for
-// reading: log-softmax, entropy, top-K by stable sort, router MLP, mixed score, greedy or
-// inverse-CDF pick, log-probs.
+// Small cases are checked against values computed by hand and against `reference_row`
+// (step_reference.h), a plain double-precision loop over the spec (../../shared/TARO_SPEC.md).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -13,9 +11,14 @@
 #include <numeric>
 #include <vector>
 
+#include "step_reference.h"
 #include "taro_step.h"
 
 namespace {
+
+using taro_test::reference_row;
+using taro_test::Router;
+using taro_test::RowResult;
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
 int failures = 0;
@@ -30,12 +33,6 @@ int failures = 0;
     }                                                                 \
   } while (0)
 
-struct Router {
-  int k = 0, d = 0, hidden = 0;
-  float alpha_max = 2.0f;
-  std::vector<float> embed, w1, b1, w2, b2;
-};
-
 // Deterministic weights; every embedding row differs, so swapping two top-K ids changes alpha.
 Router make_router(int vocab, int k, int d, int hidden) {
   Router r;
@@ -49,84 +46,6 @@ Router make_router(int vocab, int k, int d, int hidden) {
   for (int i = 0; i < hidden; ++i) r.w2.push_back(0.4f * std::sin(2.1f * i + 1.0f));
   r.b2.push_back(0.05f);
   return r;
-}
-
-struct RowResult {
-  int64_t token = -1;
-  double alpha = 0, token_logprob = 0;
-  std::vector<double> logprobs;
-};
-
-// The spec for one row, in double. `router == nullptr` means alpha = alpha_override.
-RowResult reference_row(const float* xb, const float* xr, int vocab, const Router* router, double alpha_override,
-                        double temperature, double uniform) {
-  auto log_softmax = [vocab](const float* x) {
-    double m = -kInf;
-    for (int j = 0; j < vocab; ++j) m = std::max(m, static_cast<double>(x[j]));
-    double sum = 0;
-    for (int j = 0; j < vocab; ++j) sum += std::exp(x[j] - m);
-    std::vector<double> lp(vocab);
-    for (int j = 0; j < vocab; ++j) lp[j] = x[j] - m - std::log(sum);
-    return lp;
-  };
-  const std::vector<double> lp_b = log_softmax(xb), lp_r = log_softmax(xr);
-  RowResult out;
-  out.alpha = alpha_override;
-  if (router != nullptr) {
-    auto entropy = [vocab](const std::vector<double>& lp) {
-      double h = 0;
-      for (int j = 0; j < vocab; ++j) h -= std::isinf(lp[j]) ? 0.0 : std::exp(lp[j]) * lp[j];
-      return h;
-    };
-    auto topk_ids = [&](const std::vector<double>& lp) {
-      std::vector<int> ids(vocab);
-      std::iota(ids.begin(), ids.end(), 0);
-      std::stable_sort(ids.begin(), ids.end(), [&](int a, int b) { return lp[a] > lp[b]; });
-      ids.resize(router->k);
-      return ids;
-    };
-    const std::vector<int> ib = topk_ids(lp_b), ir = topk_ids(lp_r);
-    std::vector<double> x;
-    for (int i : ib) x.push_back(std::max(lp_b[i], -100.0));
-    for (int i : ir) x.push_back(std::max(lp_r[i], -100.0));
-    x.push_back(entropy(lp_b));
-    x.push_back(entropy(lp_r));
-    for (const std::vector<int>* ids : {&ib, &ir}) {
-      for (int i : *ids) {
-        for (int c = 0; c < router->d; ++c) x.push_back(router->embed[i * router->d + c]);
-      }
-    }
-    double u = router->b2[0];
-    for (int h = 0; h < router->hidden; ++h) {
-      double pre = router->b1[h];
-      for (size_t i = 0; i < x.size(); ++i) pre += router->w1[h * x.size() + i] * x[i];
-      u += router->w2[h] * pre / (1 + std::exp(-pre));
-    }
-    out.alpha = router->alpha_max / (1 + std::exp(-u));
-  }
-  std::vector<double> z(vocab);
-  for (int j = 0; j < vocab; ++j) {
-    const double s = lp_b[j] + (out.alpha == 0 ? 0.0 : out.alpha * lp_r[j]);
-    z[j] = temperature > 0 ? s / temperature : s;
-  }
-  const double zmax = *std::max_element(z.begin(), z.end());
-  double total = 0;
-  for (int j = 0; j < vocab; ++j) total += std::exp(z[j] - zmax);
-  if (temperature == 0) {
-    out.token = std::max_element(z.begin(), z.end()) - z.begin();  // first maximal element
-  } else {
-    double cum = 0;
-    for (int j = 0; j < vocab && out.token < 0; ++j) {
-      cum += std::exp(z[j] - zmax);
-      if (cum > uniform * total) out.token = j;
-    }
-    for (int j = vocab - 1; j >= 0 && out.token < 0; --j) {
-      if (std::exp(z[j] - zmax) > 0) out.token = j;
-    }
-  }
-  for (int j = 0; j < vocab; ++j) out.logprobs.push_back(z[j] - zmax - std::log(total));
-  out.token_logprob = out.logprobs[out.token];
-  return out;
 }
 
 struct Step {
