@@ -60,23 +60,116 @@ def shared_data_dir() -> str:
     return os.path.normpath(os.path.join(root, "..", "shared", "data"))
 
 
-def _read_records(path: str) -> list[dict]:
-    """A JSON list or JSONL file of objects."""
+class DataError(ValueError):
+    """A data file or record that cannot be used; the message starts with ``path:line:``."""
+
+
+@dataclass
+class Record:
+    """One JSON object of a data file, with where it is (``line`` is 1-based)."""
+    path: str
+    line: int
+    fields: dict
+
+    def error(self, message: str) -> DataError:
+        return DataError(f"{self.path}:{self.line}: {message}")
+
+    def text(self, name: str, *, required: bool = True) -> str:
+        """Field ``name``, which must be a string; ``""`` when absent (or null) and not ``required``."""
+        value = self.fields.get(name)
+        if value is None:
+            if required:
+                raise self.error(f"missing field {name!r} (fields: {sorted(self.fields)})")
+            return ""
+        if not isinstance(value, str):
+            raise self.error(f"field {name!r} must be a string, got {_json_kind(value)}")
+        return value
+
+
+def _json_kind(value) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None:
+        return "null"
+    return {dict: "an object", list: "a list", str: "a string"}.get(type(value), "a number")
+
+
+def read_records(path: str) -> list[Record]:
+    """The objects of a JSON file holding a list, or of a JSONL file (one object per line,
+    blank lines skipped). UTF-8, with or without a byte-order mark. Every error is a
+    ``DataError`` naming the file and the line."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no data file at {path}")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    stripped = text.lstrip()
+        what = "a directory, not a data file" if os.path.isdir(path) else "no data file"
+        raise FileNotFoundError(f"{path}: {what}")
+    with open(path, "rb") as f:
+        raw = f.read()
     try:
-        if stripped.startswith("["):
-            records = json.loads(stripped)
-        else:
-            records = [json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is neither a JSON list nor JSONL: {e}") from None
-    if not all(isinstance(r, dict) for r in records):
-        raise ValueError(f"{path}: every record must be a JSON object")
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}:{line}: not UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}); save the file "
+                        f"as UTF-8") from None
+    if text.lstrip().startswith("["):
+        values = _json_list_values(path, text)
+    else:
+        values = []
+        # split("\n"), not splitlines(): JSON strings may hold U+2028 and other line separators.
+        for n, line in enumerate(text.split("\n"), 1):
+            if not line.strip():
+                continue
+            try:
+                values.append((n, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{n}: invalid JSON ({e.msg}, column {e.colno}); a .jsonl file holds one "
+                                f"JSON object per line, a .json file a list of objects") from None
+    records = []
+    for n, value in values:
+        if not isinstance(value, dict):
+            raise DataError(f"{path}:{n}: a record must be a JSON object, got {_json_kind(value)}")
+        records.append(Record(path, n, value))
     return records
+
+
+def _json_list_values(path: str, text: str) -> list[tuple[int, object]]:
+    """(line, value) for each element of the JSON list ``text``."""
+    decoder = json.JSONDecoder()
+
+    def skip_space(i: int) -> int:
+        while i < len(text) and text[i] in " \t\r\n":
+            i += 1
+        return i
+
+    seen = [0, 1]  # (offset, line there): positions only move forward, so count incrementally
+
+    def line_of(i: int) -> int:
+        seen[1] += text.count("\n", seen[0], i)
+        seen[0] = i
+        return seen[1]
+
+    def fail(i: int, message: str) -> DataError:
+        return DataError(f"{path}:{line_of(i)}: invalid JSON ({message})")
+
+    values, i = [], skip_space(text.index("[") + 1)
+    if i < len(text) and text[i] == "]":
+        i += 1
+    else:
+        while True:
+            try:
+                value, end = decoder.raw_decode(text, i)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg}, column {e.colno})") from None
+            values.append((line_of(i), value))
+            i = skip_space(end)
+            if i < len(text) and text[i] == ",":
+                i = skip_space(i + 1)
+                continue
+            if i < len(text) and text[i] == "]":
+                i += 1
+                break
+            raise fail(i, "expected ',' or ']' after a list element")
+    if skip_space(i) < len(text):
+        raise fail(skip_space(i), "extra data after the list")
+    return values
 
 
 # --- step-wise preference pairs (Math-Step-DPO-10K layout) -------------------------------------
@@ -84,15 +177,13 @@ def _read_records(path: str) -> list[dict]:
 def read_step_pairs(path: str) -> list[StepPair]:
     """Read Math-Step-DPO-10K style pairs from a JSON list or JSONL file.
 
-    ``prompt``, ``initial_reason_steps``, ``chosen`` and ``rejected`` are required; the other
-    fields default to empty strings; fields outside the layout are ignored.
+    ``prompt``, ``initial_reason_steps``, ``chosen`` and ``rejected`` are required strings; the
+    other fields are strings that default to empty; fields outside the layout are ignored. A
+    record that breaks this is a ``DataError`` naming the file, line and field.
     """
     pairs = []
-    for n, r in enumerate(_read_records(path)):
-        missing = [k for k in STEP_PAIR_FIELDS[:4] if not isinstance(r.get(k), str)]
-        if missing:
-            raise ValueError(f"{path}: record {n} lacks string field(s) {missing}")
-        pairs.append(StepPair(**{k: str(r.get(k) or "") for k in STEP_PAIR_FIELDS}))
+    for r in read_records(path):
+        pairs.append(StepPair(**{k: r.text(k, required=k in STEP_PAIR_FIELDS[:4]) for k in STEP_PAIR_FIELDS}))
     return pairs
 
 
@@ -123,9 +214,9 @@ def gsm8k_solution(question: str, answer: str) -> Solution:
     """GSM8K ``answer``: step lines, calculator annotations ``<<48/2=24>>`` removed, then
     ``#### N``; the final line becomes the step ``The answer is: N``."""
     body, sep, final = answer.rpartition("####")
-    if not sep:
-        raise ValueError("answer: a GSM8K answer ends with '#### <number>'")
     final = final.strip()
+    if not sep or not final:
+        raise ValueError("answer: a GSM8K answer ends with '#### <number>'")
     steps = [_GSM8K_CALCULATOR.sub("", line).strip() for line in body.splitlines()]
     return Solution(question, [s for s in steps if s] + [f"The answer is: {final}"], final)
 
@@ -176,16 +267,26 @@ def math_boxed_answer(solution: str) -> str:
 def load_gsm8k(path: Optional[str] = None, limit: Optional[int] = None) -> list[Solution]:
     """GSM8K records (``question``, ``answer``) as solutions; default: the shared train set."""
     path = path or os.path.join(shared_data_dir(), "gsm8k_train.jsonl")
-    records = _read_records(path)[:limit]
-    return [gsm8k_solution(r["question"], r["answer"]) for r in records]
+    solutions = []
+    for r in read_records(path)[:limit]:
+        question, answer = r.text("question"), r.text("answer")
+        try:
+            solutions.append(gsm8k_solution(question, answer))
+        except ValueError as e:
+            raise r.error(str(e)) from None
+    return solutions
 
 
 def load_math(path: Optional[str] = None, limit: Optional[int] = None) -> list[Solution]:
-    """MATH records (``problem``, ``solution``) as solutions; default: the shared train set."""
+    """MATH records (``problem``, ``solution``) as solutions; default: the shared train set.
+    A solution without ``\\boxed{}`` keeps an empty ``answer`` (two of the 7500 MATH train
+    solutions have none; training does not grade). Evaluation refuses such records."""
     path = path or os.path.join(shared_data_dir(), "MATH_train.jsonl")
-    records = _read_records(path)[:limit]
-    return [Solution(r["problem"], math_solution_steps(r["solution"]), math_boxed_answer(r["solution"]))
-            for r in records]
+    solutions = []
+    for r in read_records(path)[:limit]:
+        solution = r.text("solution")
+        solutions.append(Solution(r.text("problem"), math_solution_steps(solution), math_boxed_answer(solution)))
+    return solutions
 
 
 # --- corrupting a step --------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -46,15 +47,6 @@ def default_path(task: str) -> str:
     return os.path.join(shared_data_dir(), DEFAULT_FILES[task])
 
 
-def _read(path: str) -> list[dict]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no data file at {path} (pass --data PATH)")
-    with open(path, encoding="utf-8") as f:
-        if path.endswith(".json"):
-            return json.load(f)
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def load_items(task: str, path: Optional[str] = None, limit: Optional[int] = None, *,
                synthetic_seed: int = 1234) -> list[EvalItem]:
     """The first ``limit`` items of ``task``'s evaluation set.
@@ -81,22 +73,55 @@ def load_items(task: str, path: Optional[str] = None, limit: Optional[int] = Non
 
         return [EvalItem(f"synthetic-{i}", f"{s.question}\n{MATH_INSTRUCTION}", s.answer)
                 for i, s in enumerate(synthetic_arithmetic(limit or 200, seed=synthetic_seed))]
-    records = _read(path or default_path(task))[:limit]
-    if task == "gsm8k":
-        return [EvalItem(f"gsm8k-{i}", f"{r['question']}\n{MATH_INSTRUCTION}", r["answer"])
-                for i, r in enumerate(records)]
-    if task in ("math500", "math"):
-        from .graders import last_boxed
+    from ..data import read_records
 
+    path = path or default_path(task)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no data file at {path} (pass --data PATH)")
+    return [_item(task, i, r) for i, r in enumerate(read_records(path)[:limit])]
+
+
+def _item(task: str, index: int, r) -> EvalItem:
+    """The item of record ``r`` (a ``data.Record``), its gold checked so that it can be graded:
+    a record that cannot be is a ``DataError`` naming the file, line and field."""
+    from .graders import gold_letter, gsm8k_gold_number, last_boxed
+
+    if task == "gsm8k":
+        answer = r.text("answer")
+        if "####" not in answer:
+            raise r.error("field 'answer': a GSM8K answer ends with '#### <number>'")
+        try:
+            gsm8k_gold_number(answer)
+        except ValueError as e:
+            raise r.error(f"field 'answer': {e}") from None
+        return EvalItem(f"gsm8k-{index}", f"{r.text('question')}\n{MATH_INSTRUCTION}", answer)
+    if task in ("math500", "math"):
         # MATH500 has an ``answer`` field; the full MATH test set only its solution's \boxed{}.
-        return [EvalItem(r["unique_id"], f"{r['problem']}\n{MATH_INSTRUCTION}",
-                         r["answer"] if "answer" in r else last_boxed(r["solution"]))
-                for r in records]
+        if "answer" in r.fields:
+            gold = r.text("answer")
+            if not gold.strip():
+                raise r.error("field 'answer' is empty")
+        else:
+            gold = last_boxed(r.text("solution"))
+            if not gold or not gold.strip():
+                raise r.error("field 'solution' has no \\boxed{...} answer (and the record has no 'answer' field)")
+        return EvalItem(r.text("unique_id"), f"{r.text('problem')}\n{MATH_INSTRUCTION}", gold)
     if task in ("medqa", "medxpertqa"):
         # The question text already lists the options as "Answer Choices: (A) ... (B) ...".
-        return [EvalItem(r["id"], f"{r['question']}\n{CHOICE_INSTRUCTION}", r["label"]) for r in records]
-    return [EvalItem(f"alpaca_eval-{i}", r["instruction"], None, {"dataset": r.get("dataset", "")})
-            for i, r in enumerate(records)]
+        question = r.text("question")
+        try:
+            letter = gold_letter(r.fields.get("label"))
+        except ValueError as e:
+            raise r.error(f"field 'label': {e}") from None
+        _, sep, choices = question.rpartition("Answer Choices:")
+        options = re.findall(r"\(([A-J])\)", choices)
+        if not sep or not options:
+            raise r.error("field 'question' lists no options (\"Answer Choices: (A) ... (B) ...\")")
+        if letter not in options:
+            raise r.error(f"field 'label': {letter} is not one of the question's options {options}")
+        return EvalItem(r.text("id"), f"{question}\n{CHOICE_INSTRUCTION}", r.fields["label"])
+    return EvalItem(f"alpaca_eval-{index}", r.text("instruction"), None,
+                    {"dataset": r.text("dataset", required=False)})
 
 
 def write_alpaca_eval_outputs(items: list[EvalItem], outputs: list[str], generator: str, path: str) -> None:

@@ -166,7 +166,7 @@ def extract_choice(output_text: str) -> Optional[str]:
     return mentioned.pop() if len(mentioned) == 1 else None
 
 
-def _gold_letter(gold: Union[str, Sequence[str]]) -> str:
+def gold_letter(gold: Union[str, Sequence[str]]) -> str:
     if isinstance(gold, (list, tuple)):
         if len(gold) != 1:
             raise ValueError(f"gold must name exactly one option, got {gold!r}")
@@ -177,7 +177,7 @@ def _gold_letter(gold: Union[str, Sequence[str]]) -> str:
 
 
 def grade_choice(output_text: str, gold) -> bool:
-    return extract_choice(output_text) == _gold_letter(gold)
+    return extract_choice(output_text) == gold_letter(gold)
 
 
 # --- the one entry point ----------------------------------------------------------------------
