@@ -98,3 +98,18 @@ def test_bootstrap_intervals():
     assert wide[1] - wide[0] > narrow[1] - narrow[0]
     with pytest.raises(ValueError):
         paired_difference_interval([True], [True, False])
+
+
+def test_choice_record_checks_options_and_label_naming_the_line(tmp_path):
+    from taro_ext.data import DataError, read_records
+
+    path = tmp_path / "mc.jsonl"
+    path.write_text('{"question": "Q?\\nAnswer Choices: (A) x (B) y", "label": ["B"]}\n'
+                    '{"question": "Q?\\nAnswer Choices: (A) x (B) y", "label": ["C"]}\n'
+                    '{"question": "no options", "label": "A"}\n')
+    records = read_records(str(path))
+    assert likelihood.choice_record(records[0]) == {"question": "Q?\nAnswer Choices: (A) x (B) y", "label": "B"}
+    with pytest.raises(DataError, match=r"mc.jsonl:2: label \['C'\] is not one of the options"):
+        likelihood.choice_record(records[1])
+    with pytest.raises(DataError, match=r"mc.jsonl:3: .*Answer Choices"):
+        likelihood.choice_record(records[2])

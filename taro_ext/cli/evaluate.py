@@ -91,7 +91,7 @@ def _run_likelihood(args) -> int:
     import json
     import os
 
-    from ..data import _read_records
+    from ..data import read_records
     from ..evaluation import likelihood
     from ..evaluation.datasets import default_path
     from ..evaluation.harness import machine_description, parse_methods
@@ -108,9 +108,12 @@ def _run_likelihood(args) -> int:
     for m in methods:
         if m.mode == "taro" and routers[m.name] is None:
             raise SystemExit(f"--{'router' if m.name == 'taro' else 'full-router'} is required for {m.name}")
-    records = _read_records(args.data or default_path(args.task))[:args.limit]
-    score = likelihood.alpaca_nll if args.task == "alpaca_eval" else likelihood.choice_accuracy
-    result = score(base, reward, tokenizer, records, methods, routers, chat=not args.no_chat,
+    records = read_records(args.data or default_path(args.task))[:args.limit]
+    if args.task == "alpaca_eval":
+        score, rows = likelihood.alpaca_nll, [{k: r.text(k) for k in ("instruction", "output")} for r in records]
+    else:
+        score, rows = likelihood.choice_accuracy, [likelihood.choice_record(r) for r in records]
+    result = score(base, reward, tokenizer, rows, methods, routers, chat=not args.no_chat,
                    max_length=args.max_length, batch_size=args.batch_size, progress=not args.no_progress)
     result.update(task=args.task, machine=machine_description(),
                   config={k: v for k, v in vars(args).items() if k != "func"})

@@ -131,7 +131,7 @@ def _solutions(args, count):
 
 def _write_log(args, ctx, log):
     if ctx.is_main:
-        from .atomic import write_text
+        from ..atomic import write_text
 
         write_text(os.path.join(args.output, "train_log.json"),
                    json.dumps({"args": {k: v for k, v in vars(args).items() if k != "func"}, **log}, indent=2))
@@ -247,6 +247,7 @@ def _train_router(args) -> int:
 
 
 def _make_data(args) -> int:
+    from .. import data
     from ..training import recipe_data
     from ..training.distributed import distributed_context
 
@@ -254,7 +255,7 @@ def _make_data(args) -> int:
     os.makedirs(args.output, exist_ok=True)
     recipe_data.write_jsonl(recipe_data.sft_examples(args.num_sft), os.path.join(args.output, "sft.jsonl"))
     pairs = recipe_data.preference_pairs(args.num_pairs, args.num_gsm8k_pairs)
-    recipe_data.write_jsonl([p.to_dict() for p in pairs], os.path.join(args.output, "pairs.jsonl"))
+    data.write_step_pairs(pairs, os.path.join(args.output, "pairs.jsonl"))
     base, tokenizer = _load(args.base, args, distributed_context(None))
     rows = recipe_data.router_examples(args.num_router, base, tokenizer,
                                        prompts=recipe_data.general_prompts(args.general_prompts),

@@ -121,6 +121,21 @@ def split_choices(question: str) -> tuple[str, list[tuple[str, str]]]:
     return stem.strip(), options
 
 
+def choice_record(record) -> dict:
+    """A MedQA-style ``data.Record`` as ``{"question", "label"}``, its options and label checked
+    (errors name the file and line)."""
+    question = record.text("question")
+    try:
+        _, options = split_choices(question)
+    except ValueError as e:
+        raise record.error(str(e)) from None
+    label = record.fields.get("label")
+    letter = label[0] if isinstance(label, list) and len(label) == 1 else label
+    if letter not in [k for k, _ in options]:
+        raise record.error(f"label {label!r} is not one of the options {[k for k, _ in options]}")
+    return {"question": question, "label": letter}
+
+
 def choice_accuracy(base_model, reward_model, tokenizer, records: Sequence[dict], methods: Sequence[Method],
                     routers: Mapping[str, object], *, chat: bool = True, max_length: int = 512, batch_size: int = 4,
                     progress: bool = True) -> dict:

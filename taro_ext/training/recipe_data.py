@@ -82,32 +82,22 @@ def router_examples(n_arithmetic: int, base_model, tokenizer, *, prompts: Sequen
 
 
 def write_jsonl(rows: Sequence[dict], path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    """``rows`` as JSONL, written atomically (a kill leaves the old file or the new one)."""
+    from ..atomic import write_text
+
+    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def read_examples(path: str, fields: Sequence[str]) -> list[dict]:
-    """JSONL records with string ``fields`` (an error names the file, line and field)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no data file at {path}")
+    """The records of a JSON/JSONL file as dicts, each holding the string ``fields`` (and ``domain``
+    when present); a missing or non-string field is an error naming the file and line."""
+    records = data.read_records(path)
+    if not records:
+        raise data.DataError(f"{path}: holds no records")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: invalid JSON ({e.msg})") from None
-            if not isinstance(r, dict):
-                raise ValueError(f"{path}:{n}: a record must be a JSON object")
-            missing = [k for k in fields if not isinstance(r.get(k), str)]
-            if missing:
-                raise ValueError(f"{path}:{n}: missing string field(s) {missing}")
-            rows.append(r)
-    if not rows:
-        raise ValueError(f"{path} holds no records")
+    for r in records:
+        row = {k: r.text(k) for k in fields}
+        if "domain" in r.fields:
+            row["domain"] = r.text("domain")
+        rows.append(row)
     return rows
