@@ -84,7 +84,7 @@ __device__ __forceinline__ uint64_t load_cg(const uint64_t* p) {
 
 template <int KB>
 struct SharedStorage {
-  union {
+  union alignas(16) {
     uint64_t cand[2][kCandidates];              // phases 1-2: top-K candidates per model
     float features[kCudaMaxRouterInputs];       // phase 2: router input x
     float slice_weight[kMaxSlices];             // phase 4: sum of p per slice
@@ -209,18 +209,33 @@ __device__ void slice_stats_and_topk(const StepParams& p, SharedStorage<KB>& sh,
   EntropyPair st{entropy_stat_empty(), entropy_stat_empty()};
   TopKThread tk;
   if (topk) topk_init(sh.topk, tk, 0, 0);
+  bool seeded = false;
   for_each_tile(v, q0, q1, [&](const T(&xb)[kVec], const T(&xr)[kVec], int64_t start, bool active) {
+    if (topk && !seeded) {  // the first tile's per-thread maxima bound the K-th value
+      float mb = -INFINITY, mr = -INFINITY;
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) {
+        const int64_t id = start + e;
+        if (active && id >= 0 && id < v.vocab) {
+          mb = fmaxf(mb, to_float(xb[e]));
+          mr = fmaxf(mr, to_float(xr[e]));
+        }
+      }
+      topk_seed(tk, reinterpret_cast<float2*>(&sh.u.cand[0][0]), scratch_as<float2>(sh), k, mb, mr);
+      seeded = true;
+    }
 #pragma unroll
     for (int e = 0; e < kVec; ++e) {
       const int64_t id = start + e;
       const bool valid = active && id >= 0 && id < v.vocab;
+      const float fb = to_float(xb[e]), fr = to_float(xr[e]);
       if (valid) {
-        entropy_stat_add(st.b, to_float(xb[e]));
-        entropy_stat_add(st.r, to_float(xr[e]));
+        entropy_stat_add(st.b, fb);
+        entropy_stat_add(st.r, fr);
       }
       if (topk) {
-        topk_offer(sh.topk, tk, sh.u.cand, 0, valid, topk_key(to_float(xb[e]), int(id)));
-        topk_offer(sh.topk, tk, sh.u.cand, 1, valid, topk_key(to_float(xr[e]), int(id)));
+        topk_offer_value(sh.topk, tk, sh.u.cand, 0, valid, fb, int(id));
+        topk_offer_value(sh.topk, tk, sh.u.cand, 1, valid, fr, int(id));
       }
     }
     if (topk) {
