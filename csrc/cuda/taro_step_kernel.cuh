@@ -277,13 +277,30 @@ __device__ void route_row(const StepParams& p, SharedStorage<KB>& sh, const Work
   const EntropyPair st = merge_entropy_partials(sh, ws.stats, row, slices);
   const float lse_b = st.b.m + logf(st.b.d), lse_r = st.r.m + logf(st.r.d);
 
-  // Lower bound of each row's K-th key: the largest K-th key of any slice (that slice
-  // alone has K keys at least that large).
+  // Two lower bounds of each row's K-th key: the largest K-th key of any slice (that slice
+  // alone has K keys at least that large) and the K-th largest of the slices' maxima (K
+  // slices each hold a key at least that large; the tighter one when the row's top keys
+  // are spread over many slices, as at B = 1). The latter is max{m_j : #{i : m_i >= m_j} >= k},
+  // counted over the maxima in shared memory (free candidate buffers).
   const uint64_t* keys = ws.keys + row * slices * 2 * KB;
+  uint64_t* maxima = &sh.u.cand[0][0];  // [2][kMaxSlices]
   KeyPair kth{0, 0};
   for (int j = threadIdx.x; j < slices; j += kThreads) {
     kth.b = max(kth.b, load_cg(keys + (j * 2 + 0) * KB + k - 1));
     kth.r = max(kth.r, load_cg(keys + (j * 2 + 1) * KB + k - 1));
+    maxima[j] = load_cg(keys + (j * 2 + 0) * KB);
+    maxima[kMaxSlices + j] = load_cg(keys + (j * 2 + 1) * KB);
+  }
+  __syncthreads();
+  for (int j = threadIdx.x; j < slices; j += kThreads) {
+    const uint64_t mb = maxima[j], mr = maxima[kMaxSlices + j];
+    int ge_b = 0, ge_r = 0;
+    for (int i = 0; i < slices; ++i) {
+      ge_b += int(maxima[i] >= mb);
+      ge_r += int(maxima[kMaxSlices + i] >= mr);
+    }
+    if (ge_b >= k) kth.b = max(kth.b, mb);
+    if (ge_r >= k) kth.r = max(kth.r, mr);
   }
   kth = block_reduce(kth, [](KeyPair a, KeyPair c) { return KeyPair{max(a.b, c.b), max(a.r, c.r)}; },
                      scratch_as<KeyPair>(sh));
