@@ -197,6 +197,17 @@ __device__ __noinline__ EntropyPair merge_entropy_partials(SharedStorage<KB>& sh
       scratch_as<EntropyPair>(sh));
 }
 
+// Asks L2 for [ptr, ptr + bytes), the lines spread over the whole grid (fire and forget:
+// no registers wait on it). Phase 1 prefetches the router weights that phase 2 reads on the
+// critical path, which a model forward between two steps has evicted from L2.
+__device__ __forceinline__ void prefetch_l2_grid(const void* ptr, size_t bytes) {
+  constexpr size_t kLine = 128;
+  const char* base = static_cast<const char*>(ptr);
+  for (size_t off = (size_t(blockIdx.x) * kThreads + threadIdx.x) * kLine; off < bytes;
+       off += size_t(gridDim.x) * kThreads * kLine)
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(base + off));
+}
+
 // ---------------------------------------------------------------- phase 1
 
 template <typename T, int KB>
@@ -361,18 +372,36 @@ __device__ void route_row(const StepParams& p, SharedStorage<KB>& sh, const Work
   }
   __syncthreads();
 
-  // h = silu(W1 x + b1): one warp per hidden unit; u = w2 . h + b2; alpha = alpha_max * sigmoid(u).
+  // h = silu(W1 x + b1), u = w2 . h + b2, alpha = alpha_max * sigmoid(u). Warp w owns hidden
+  // units w, w + kWarps, ...; it walks kUnitsPerWarp of them at once with independent
+  // accumulators (lanes stride the input), so that many W1 loads per lane are in flight
+  // instead of one dependent chain per unit. W1 was prefetched into L2 during phase 1.
+  constexpr int kUnitsPerWarp = 8;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int hidden = p.router.hidden;
   float u_part = 0.f;
-  for (int h = warp; h < p.router.hidden; h += kWarps) {
-    const float* w = p.router.w1 + int64_t(h) * dim;
-    float acc = 0.f;
-    for (int i = lane; i < dim; i += 32) acc += __ldg(w + i) * x[i];
+  for (int h0 = warp; h0 < hidden; h0 += kWarps * kUnitsPerWarp) {
+    float acc[kUnitsPerWarp];
 #pragma unroll
-    for (int delta = 16; delta > 0; delta >>= 1) acc += __shfl_down_sync(kFullMask, acc, delta);
-    if (lane == 0) {
-      const float z = acc + __ldg(p.router.b1 + h);
-      u_part += __ldg(p.router.w2 + h) * (z / (1.f + expf(-z)));
+    for (int j = 0; j < kUnitsPerWarp; ++j) acc[j] = 0.f;
+    for (int i = lane; i < dim; i += 32) {
+      const float xi = x[i];
+#pragma unroll
+      for (int j = 0; j < kUnitsPerWarp; ++j) {
+        const int h = h0 + j * kWarps;
+        if (h < hidden) acc[j] += __ldg(p.router.w1 + int64_t(h) * dim + i) * xi;
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kUnitsPerWarp; ++j) {
+      float a = acc[j];
+#pragma unroll
+      for (int delta = 16; delta > 0; delta >>= 1) a += __shfl_xor_sync(kFullMask, a, delta);
+      const int h = h0 + j * kWarps;
+      if (lane == 0 && h < hidden) {
+        const float z = a + __ldg(p.router.b1 + h);
+        u_part += __ldg(p.router.w2 + h) * (z / (1.f + expf(-z)));
+      }
     }
   }
   float* partial = scratch_as<float>(sh);
@@ -576,6 +605,12 @@ __global__ void __launch_bounds__(kThreads, 2) taro_step_kernel(StepParams p, un
                      reinterpret_cast<float2*>(workspace + layout.row_lse)};
   const int64_t items = p.batch * slices;
 
+  if (router) {
+    const size_t hidden = size_t(p.router.hidden), dim = size_t(2 * p.k + 2 + 2 * p.k * p.router.embed_dim);
+    prefetch_l2_grid(p.router.w1, hidden * dim * sizeof(float));
+    prefetch_l2_grid(p.router.b1, hidden * sizeof(float));
+    prefetch_l2_grid(p.router.w2, hidden * sizeof(float));
+  }
   for (int64_t item = blockIdx.x; item < items; item += gridDim.x)
     slice_stats_and_topk<T, KB>(p, sh, ws, item / slices, int(item % slices), slices, router);
   grid.sync();
