@@ -41,7 +41,7 @@ struct VecWidth {
 // [0, vocab) are not read and hold 0; callers skip them by id. `vector_ok`: row + start
 // is 16-byte aligned for this row, so a slot inside [0, vocab) is one 16-byte load.
 template <typename T>
-__device__ __forceinline__ void load_slot(const T* row, int64_t start, int64_t vocab, bool vector_ok,
+__device__ __forceinline__ void load_slot(const T* row, int start, int vocab, bool vector_ok,
                                           T (&out)[VecWidth<T>::value]) {
   constexpr int kVec = VecWidth<T>::value;
   if (vector_ok && start >= 0 && start + kVec <= vocab) {
