@@ -1,371 +1,382 @@
-"""One prepared GPU session: parity tests, launch count, CUDA-graph replay, timings and
-compute-sanitizer, written to one markdown report.
+"""The Python half of bench/gpu_check.sh (the one prepared GPU run): environment record,
+CUDA-graph replay timings with their verdicts, the small probe that ncu and
+compute-sanitizer run, and the summary of every step's verdict.
 
-Run after building the extension (``pip install -e . --no-build-isolation``)::
+    python bench/gpu_check.py env OUT          # OUT/env.json
+    python bench/gpu_check.py timings OUT      # OUT/timings.json (+ timings.md)
+    python bench/gpu_check.py probe [--batch B --vocab V --dtype bf16 --steps N --backend cuda]
+    python bench/gpu_check.py summarize OUT    # OUT/summary.json; exit status = the run's verdict
 
-    python bench/gpu_check.py bench/results/gpu_check_h100.md [--parts a,b,c,d,e] [--budget-s 600]
+Correctness checks are pytest tests (tests/test_gpu.py, marker ``gpu``, and the CUDA cases of
+tests/test_fused_step.py and tests/test_triton_step.py); the shell script runs them and
+this file only reads their JUnit XML. The summary's logic (parsing, verdicts, exit codes)
+is tested on CPU by tests/test_gpu_check.py.
 
-Parts: (a) ``pytest tests/test_fused_step.py`` on the GPU; (b) torch.profiler: one
-``taro_step`` call launches exactly one kernel (backends cuda and triton); (c) 32 decode
-steps captured in a CUDA graph replay the eager tokens exactly; (d) step time for B in
-{1, 8, 64} x V in {32000, 128256} x {bf16, fp32} for cuda, triton, the eager reference and
-``torch.compile`` of the reference, next to the memory floor (both rows' bytes / measured
-device-to-device copy bandwidth); (e) compute-sanitizer memcheck and racecheck over a tiny
-script (and synccheck when time allows). Parts run in the order a, b, c, e, d by default.
-Each part is guarded: one failure is reported and the others still run. Parts
-stop starting new measurements once ``--budget-s`` is spent. Without a GPU the script says
-so, writes that to the report and exits 0.
+Exit codes of ``summarize`` (and so of gpu_check.sh): 0 every check passed; 1 a check
+failed (build, test, sanitizer, profiler, timeout); 3 only speed goals were missed.
+gpu_check.sh exits 2 at once on a machine without a GPU.
 """
 from __future__ import annotations
 
 import argparse
+import glob
+import json
+import math
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
-import textwrap
 import time
-import traceback
+import xml.etree.ElementTree as ET
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PARTS = ("a", "b", "c", "d", "e")
-DEFAULT_ORDER = "a,b,c,e,d"  # the open-ended timings last, so the budget cuts them, not the sanitizer
-FUSED = ("cuda", "triton")
+
+# Speed goals (issue 13): a step at B = 1 within 10 us in a CUDA graph; at B = 64 within
+# 1.5x the time to read both logits rows once at the bandwidth measured in the same run.
+GOAL_B1_US = 10.0
+GOAL_B64_FLOOR_RATIO = 1.5
+VOCAB = 128256
+BATCHES = (1, 8, 64, 256)
+
+EXIT_OK, EXIT_FAILED, EXIT_NO_GPU, EXIT_SLOW = 0, 1, 2, 3
 
 
-class Report:
-    def __init__(self, path: str, deadline: float):
-        self.path = path
-        self.deadline = deadline
-        self.lines: list[str] = []
+# ---------------------------------------------------------------- verdicts (CPU-testable)
 
-    def add(self, text: str = "") -> None:
-        print(text, flush=True)
-        self.lines.append(text)
-
-    def time_left(self) -> float:
-        return self.deadline - time.monotonic()
-
-    def write(self) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        with open(self.path, "w") as f:
-            f.write("\n".join(self.lines) + "\n")
+def speed_verdict(batch: int, step_us: float, floor_us: float) -> dict:
+    """PASS/FAIL of one timing against the goal for its batch size (``n/a``: no goal)."""
+    if batch == 1:
+        return {"goal": f"<= {GOAL_B1_US:g} us", "verdict": "PASS" if step_us <= GOAL_B1_US else "FAIL"}
+    if batch == 64:
+        ratio = step_us / floor_us
+        return {"goal": f"<= {GOAL_B64_FLOOR_RATIO:g}x read floor ({floor_us:.2f} us)", "ratio": round(ratio, 3),
+                "verdict": "PASS" if ratio <= GOAL_B64_FLOOR_RATIO else "FAIL"}
+    return {"goal": None, "verdict": "n/a"}
 
 
-def guarded(report: Report, title: str, fn) -> None:
-    report.add(f"\n## {title}\n")
-    start = time.monotonic()
+def parse_junit(path: str) -> dict:
+    """Counts and failing test ids of a pytest ``--junitxml`` file."""
+    root = ET.parse(path).getroot()
+    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+    counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    failed = []
+    for suite in suites:
+        for key in counts:
+            counts[key] += int(suite.get(key, 0))
+        for case in suite.iter("testcase"):
+            if case.find("failure") is not None or case.find("error") is not None:
+                failed.append(f"{case.get('classname', '')}::{case.get('name', '')}")
+    counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
+    counts["failed_tests"] = failed
+    return counts
+
+
+def step_verdict(record: dict, out_dir: str) -> dict:
+    """Verdict of one shell step (``steps/NAME.json``: name, rc, seconds, limit_s, timed_out,
+    optional junit), reading its JUnit XML when it ran pytest."""
+    verdict = dict(record)
+    if record.get("timed_out"):
+        verdict["verdict"] = "FAIL"
+        verdict["why"] = f"timed out after {record.get('limit_s')} s (hang watchdog)"
+        return verdict
+    junit = record.get("junit")
+    if junit:
+        path = os.path.join(out_dir, junit)
+        if os.path.exists(path):
+            counts = parse_junit(path)
+            verdict["tests"] = counts
+            if counts["failures"] or counts["errors"]:
+                verdict["verdict"] = "FAIL"
+                verdict["why"] = f"{counts['failures'] + counts['errors']} failing tests"
+                return verdict
+            if counts["passed"] == 0:
+                verdict["verdict"] = "FAIL"
+                verdict["why"] = "no test ran (all skipped: is the GPU visible to torch?)"
+                return verdict
+        elif record.get("rc") == 0:
+            verdict["verdict"] = "FAIL"
+            verdict["why"] = f"{junit} missing"
+            return verdict
+    verdict["verdict"] = "PASS" if record.get("rc") == 0 else "FAIL"
+    if verdict["verdict"] == "FAIL":
+        verdict.setdefault("why", f"exit status {record.get('rc')}")
+    return verdict
+
+
+def summarize(out_dir: str) -> tuple[dict, int]:
+    """Collects every verdict of the run under ``out_dir`` into one dict and its exit code."""
+    steps = []
+    for path in sorted(glob.glob(os.path.join(out_dir, "steps", "*.json")), key=os.path.getmtime):
+        with open(path) as f:
+            steps.append(step_verdict(json.load(f), out_dir))
+    speed = []
+    timings_path = os.path.join(out_dir, "timings.json")
+    if os.path.exists(timings_path):
+        with open(timings_path) as f:
+            timings = json.load(f)
+        speed = [dict(name=f"{r['backend']} B={r['batch']} {r['dtype']} {r['mode']}", us=r.get("us"),
+                      goal=r.get("goal"), verdict=r.get("verdict", "FAIL"), ratio=r.get("ratio"))
+                 for r in timings.get("rows", []) if r["kind"] == "fused"]
+    failed = [s["name"] for s in steps if s["verdict"] == "FAIL"]
+    slow = [s["name"] for s in speed if s["verdict"] == "FAIL"]
+    if not steps:
+        failed.append("no steps recorded")
+    code = EXIT_FAILED if failed else (EXIT_SLOW if slow else EXIT_OK)
+    summary = {"verdict": {EXIT_OK: "PASS", EXIT_FAILED: "FAIL", EXIT_SLOW: "SLOW"}[code], "exit_code": code,
+               "failed_checks": failed, "missed_speed_goals": slow, "steps": steps, "speed": speed}
+    env_path = os.path.join(out_dir, "env.json")
+    if os.path.exists(env_path):
+        with open(env_path) as f:
+            summary["env"] = json.load(f)
+    return summary, code
+
+
+# ---------------------------------------------------------------- GPU parts
+
+def cmd_env(out_dir: str) -> int:
+    import torch
+
+    info = {"python": platform.python_version(), "torch": torch.__version__, "torch_cuda": torch.version.cuda,
+            "host": platform.node(), "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     try:
-        fn(report)
-    except Exception:  # noqa: BLE001  (one part failing must not lose the others)
-        report.add("FAILED with:\n```\n" + traceback.format_exc() + "```")
-    report.add(f"\n({time.monotonic() - start:.1f} s)")
-    report.write()
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    try:
+        info["git_rev"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                         timeout=10).stdout.strip()
+        info["git_dirty"] = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                                                capture_output=True, text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        info["git_rev"] = None
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info["device"] = {"name": props.name, "sms": props.multi_processor_count,
+                          "memory_gib": round(props.total_memory / 2**30, 1),
+                          "l2_bytes": getattr(props, "L2_cache_size", None),
+                          "capability": f"{props.major}.{props.minor}"}
+    sys.path.insert(0, ROOT)
+    import taro_ext
+
+    info["backends_cuda"] = taro_ext.available_backends("cuda") if torch.cuda.is_available() else []
+    info["taro_ext"] = taro_ext.__file__
+    with open(os.path.join(out_dir, "env.json"), "w") as f:
+        json.dump(info, f, indent=1)
+    print(json.dumps(info, indent=1))
+    return 0
 
 
-def _router(vocab: int, k: int = 16):
+def _router(vocab: int):
     import torch
 
     from taro_ext import TopKRouter
 
     torch.manual_seed(0)
-    return TopKRouter(vocab, k=k, embed_dim=16, hidden=64).cuda().eval()
+    return TopKRouter(vocab, k=16, embed_dim=16, hidden=64).cuda().eval()
 
 
-def _logits(batch: int, vocab: int, dtype, seed: int = 0):
-    import torch
-
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    base = (torch.randn(batch, vocab, device="cuda", generator=g) * 3).to(dtype)
-    reward = (torch.randn(batch, vocab, device="cuda", generator=g) * 3).to(dtype)
-    return base, reward
-
-
-# ---------------------------------------------------------------- (a)
-
-def part_tests(report: Report) -> None:
-    cmd = [sys.executable, "-m", "pytest", "-q", "--maxfail=10", "--no-header", "-p", "no:cacheprovider",
-           "tests/test_fused_step.py"]
-    report.add(f"`{' '.join(cmd)}`")
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                          timeout=max(60.0, report.time_left()))
-    tail = (proc.stdout + proc.stderr)[-6000:]
-    report.add(f"exit code {proc.returncode}\n```\n{tail}\n```")
-
-
-# ---------------------------------------------------------------- (b)
-
-def part_launch_count(report: Report) -> None:
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
-    from taro_ext import available_backends, taro_step
-
-    batch, vocab = 4, 32000
-    router = _router(vocab)
-    base, reward = _logits(batch, vocab, torch.bfloat16)
-    uniform = torch.rand(batch, device="cuda")
-    report.add("| backend | temperature | logprobs | kernels launched | names |")
-    report.add("|---|---|---|---|---|")
-    for backend in FUSED:
-        if backend not in available_backends("cuda"):
-            report.add(f"| {backend} | - | - | not available | |")
-            continue
-        for temperature, logprobs in ((0.0, False), (1.0, True)):
-            def step():
-                return taro_step(base, reward, router, temperature=temperature, uniform=uniform,
-                                 return_logprobs=logprobs, check_inputs=False, backend=backend)
-
-            step()  # compile / warm up outside the profile
-            torch.cuda.synchronize()
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                step()
-                torch.cuda.synchronize()
-            kernels = [e.name for e in prof.events() if e.device_type.name == "CUDA"
-                       and "memcpy" not in e.name.lower() and "memset" not in e.name.lower()]
-            verdict = "OK" if len(kernels) == 1 else "NOT ONE"
-            names = ", ".join(sorted(set(n[:60] for n in kernels)))
-            report.add(f"| {backend} | {temperature} | {logprobs} | {len(kernels)} ({verdict}) | {names} |")
-
-
-# ---------------------------------------------------------------- (c)
-
-def part_graph(report: Report) -> None:
-    import torch
-
-    from taro_ext import available_backends, taro_step
-
-    batch, vocab, steps = 8, 32000, 32
-    router = _router(vocab)
-    logits_b = torch.stack([_logits(batch, vocab, torch.bfloat16, seed=i)[0] for i in range(steps)])
-    logits_r = torch.stack([_logits(batch, vocab, torch.bfloat16, seed=100 + i)[1] for i in range(steps)])
-    uniforms = torch.rand(steps, batch, device="cuda")
-    bump = torch.full((batch, 1), 2.0, dtype=torch.bfloat16, device="cuda")
-
-    def decode(backend, temperature):
-        """32 dependent steps: each step's base logits get a bump at the previous token."""
-        prev = torch.zeros(batch, dtype=torch.long, device="cuda")
-        tokens, alphas = [], []
-        for i in range(steps):
-            b = logits_b[i].clone().scatter_add_(1, prev[:, None], bump)
-            out = taro_step(b, logits_r[i], router, temperature=temperature, uniform=uniforms[i],
-                            check_inputs=False, backend=backend)
-            prev = out.tokens
-            tokens.append(out.tokens)
-            alphas.append(out.alpha)
-        return torch.stack(tokens), torch.stack(alphas)
-
-    for backend in FUSED:
-        if backend not in available_backends("cuda"):
-            report.add(f"- {backend}: not available")
-            continue
-        for temperature in (0.0, 1.0):
-            eager_tokens, eager_alpha = decode(backend, temperature)
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                decode(backend, temperature)  # warm-up on a side stream, as torch.cuda.graphs asks
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                graph_tokens, graph_alpha = decode(backend, temperature)
-            graph.replay()
-            graph.replay()
-            torch.cuda.synchronize()
-            same = torch.equal(graph_tokens, eager_tokens) and torch.equal(graph_alpha, eager_alpha)
-            report.add(f"- {backend}, T={temperature}: {steps} captured steps, replay "
-                       f"{'identical to eager (tokens and alpha)' if same else 'DIFFERS from eager'}"
-                       f"; distinct tokens {graph_tokens.unique().numel()}")
-
-
-# ---------------------------------------------------------------- (d)
-
-def _time_cuda(fn, *, min_time_s=0.2, repeats=5) -> float:
-    """Median microseconds per call over `repeats` timed loops (CUDA events)."""
+def _event_us(fn, repeats: int = 5) -> float:
+    """Median microseconds of fn() (which runs `per_call` steps; the caller divides)."""
     import torch
 
     fn()
     torch.cuda.synchronize()
     start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    fn()
-    stop.record()
-    stop.synchronize()
-    once_ms = max(start.elapsed_time(stop), 1e-3)
-    iters = max(3, min(2000, int(min_time_s * 1e3 / repeats / once_ms)))
     results = []
     for _ in range(repeats):
         start.record()
-        for _ in range(iters):
-            fn()
+        fn()
         stop.record()
         stop.synchronize()
-        results.append(start.elapsed_time(stop) * 1e3 / iters)
+        results.append(start.elapsed_time(stop) * 1e3)
     return statistics.median(results)
 
 
-def _copy_bandwidth() -> float:
-    """Device-to-device copy bandwidth in bytes/s, counting the bytes read plus written."""
+def read_bandwidth() -> float:
+    """Bytes per second that a read-only reduction (amax over 1 GiB) achieves here."""
     import torch
 
-    n = 1 << 28
-    src = torch.empty(n, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    us = _time_cuda(lambda: dst.copy_(src), min_time_s=0.3)
-    return 2 * n / (us * 1e-6)
+    x = torch.empty(1 << 28, dtype=torch.float32, device="cuda").uniform_()
+    us = _event_us(lambda: x.amax())
+    return x.numel() * 4 / (us * 1e-6)
 
 
-def part_timings(report: Report) -> None:
+def chain_step(base, reward, weights, k, temperature, uniform, sampler=None):
+    """What a user writes in eager PyTorch (the torch.topk + softmax chain peer); with
+    ``sampler`` (FlashInfer's sampling_from_logits) picking the sampled token instead."""
+    import torch
+    import torch.nn.functional as F
+
+    lp_b, lp_r = base.float().log_softmax(-1), reward.float().log_softmax(-1)
+    v_b, i_b = lp_b.topk(k, dim=-1)
+    v_r, i_r = lp_r.topk(k, dim=-1)
+    h_b = -(lp_b.exp() * lp_b).nan_to_num().sum(-1, keepdim=True)
+    h_r = -(lp_r.exp() * lp_r).nan_to_num().sum(-1, keepdim=True)
+    emb = weights["embed"].float()
+    x = torch.cat([v_b.clamp_min(-100), v_r.clamp_min(-100), h_b, h_r, emb[i_b].flatten(1), emb[i_r].flatten(1)], -1)
+    alpha = weights["alpha_max"] * torch.sigmoid(F.silu(x @ weights["w1"].T + weights["b1"]) @ weights["w2"]
+                                                 + weights["b2"])
+    s = lp_b + alpha[:, None] * lp_r
+    if temperature == 0:
+        return s.argmax(-1), alpha
+    if sampler is not None:
+        return sampler(s / temperature), alpha
+    cdf = torch.softmax(s / temperature, -1).cumsum(-1)
+    return torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None]).clamp_max(s.shape[-1] - 1)[:, 0], alpha
+
+
+def cmd_timings(out_dir: str, budget_s: float = 140.0) -> int:
+    """CUDA-graph replay step times over rotating inputs (more bytes than L2), fused backends
+    and peers, B in BATCHES, fp32 and bf16, greedy and sampling, with verdicts."""
     import torch
 
-    from taro_ext import available_backends, reference, taro_step
+    sys.path.insert(0, ROOT)
+    from taro_ext import available_backends, taro_step
 
-    bandwidth = _copy_bandwidth()
-    report.add(f"device-to-device copy bandwidth: {bandwidth / 1e12:.2f} TB/s (read + write bytes)\n")
-    report.add("Step time in microseconds (median of 5 CUDA-event loops; `check_inputs=False`, router "
-               "K=16 d=16 H=64). floor = bytes of both logits rows / copy bandwidth.\n")
-    backends = [b for b in FUSED if b in available_backends("cuda")]
-    header = ["B", "V", "dtype", "floor"] + [f"{b} T=0" for b in backends] + [f"{b} T=1" for b in backends]
-    header += ["eager T=0", "compile T=0"]
-    report.add("| " + " | ".join(header) + " |")
-    report.add("|" + "---|" * len(header))
-    compile_budget_left = True
-    for vocab in (32000, 128256):
-        router = _router(vocab)
-        weights = router.weights()
-        for dtype in (torch.bfloat16, torch.float32):
-            for batch in (1, 8, 64):
-                if report.time_left() < 30:
-                    report.add("| (budget spent: remaining shapes skipped) |")
-                    return
-                base, reward = _logits(batch, vocab, dtype)
-                uniform = torch.rand(batch, device="cuda")
-                floor_us = 2 * base.numel() * base.element_size() / bandwidth * 1e6
-                cells = [str(batch), str(vocab), str(dtype).removeprefix("torch."), f"{floor_us:.2f}"]
-                for temperature in (0.0, 1.0):
-                    for b in backends:
-                        try:
-                            us = _time_cuda(lambda: taro_step(base, reward, router, temperature=temperature,
-                                                              uniform=uniform, check_inputs=False, backend=b))
-                            cells.append(f"{us:.1f}")
-                        except Exception as exc:  # noqa: BLE001
-                            cells.append(f"error: {type(exc).__name__}")
+    deadline = time.monotonic() + budget_s
+    props = torch.cuda.get_device_properties(0)
+    l2 = getattr(props, "L2_cache_size", 50 << 20) or (50 << 20)
+    bandwidth = read_bandwidth()
+    router = _router(VOCAB)
+    weights = router.weights()
+    fused = [b for b in ("cuda", "triton") if b in available_backends("cuda")]
+    peers = {"torch chain": chain_step}
+    try:
+        import flashinfer
 
-                def eager():
-                    return reference.reference_step(base, reward, vocab_size=vocab, k=router.k,
-                                                    router_weights=weights, temperature=0.0)
+        def flashinfer_chain(*args):
+            return chain_step(*args, sampler=lambda logits: flashinfer.sampling.sampling_from_logits(
+                logits, deterministic=True))
 
-                cells.append(f"{_time_cuda(eager):.1f}")
-                if compile_budget_left and report.time_left() > 180:
+        peers["flashinfer chain"] = flashinfer_chain
+    except ImportError:
+        pass
+    rows = []
+    for dtype in (torch.bfloat16, torch.float32):
+        for batch in BATCHES:
+            elt = torch.finfo(dtype).bits // 8
+            pair_bytes = 2 * batch * VOCAB * elt
+            sets = max(2, min(256, math.ceil(3 * l2 / pair_bytes)))  # > L2: every step reads from DRAM
+            g = torch.Generator(device="cuda").manual_seed(batch)
+            base = (3 * torch.randn(sets, batch, VOCAB, device="cuda", generator=g)).to(dtype)
+            reward = (3 * torch.randn(sets, batch, VOCAB, device="cuda", generator=g)).to(dtype)
+            uniform = torch.rand(sets, batch, device="cuda", generator=g)
+            floor_us = pair_bytes / bandwidth * 1e6
+            for mode, temperature in (("greedy", 0.0), ("sampling", 1.0)):
+                candidates = [(b, "fused", lambda i, b=b: taro_step(base[i], reward[i], router, temperature=temperature,
+                                                                    uniform=uniform[i], check_inputs=False, backend=b))
+                              for b in fused]
+                candidates += [(name, "peer", lambda i, fn=fn: fn(base[i], reward[i], weights, 16, temperature,
+                                                                 uniform[i])) for name, fn in peers.items()]
+                for name, kind, step in candidates:
+                    row = dict(backend=name, kind=kind, batch=batch, dtype=str(dtype).removeprefix("torch."), mode=mode,
+                               floor_us=round(floor_us, 3), sets=sets)
+                    if time.monotonic() > deadline:
+                        row.update(us=None, verdict="FAIL" if kind == "fused" else "n/a", error="time budget spent")
+                        rows.append(row)
+                        continue
                     try:
-                        compiled = torch.compile(eager, dynamic=False)
-                        compiled()
-                        cells.append(f"{_time_cuda(compiled):.1f}")
-                    except Exception as exc:  # noqa: BLE001
-                        cells.append(f"error: {type(exc).__name__}")
-                else:
-                    compile_budget_left = False
-                    cells.append("skipped (budget)")
-                report.add("| " + " | ".join(cells) + " |")
-                report.write()
+                        for i in range(2):
+                            step(i)  # compile, warm up
+                        torch.cuda.synchronize()
+                        graph = torch.cuda.CUDAGraph()
+                        side = torch.cuda.Stream()
+                        side.wait_stream(torch.cuda.current_stream())
+                        with torch.cuda.stream(side):
+                            step(0)
+                        torch.cuda.current_stream().wait_stream(side)
+                        with torch.cuda.graph(graph):
+                            for i in range(sets):
+                                step(i)
+                        us = _event_us(graph.replay) / sets
+                        row["us"] = round(us, 3)
+                        row["x_floor"] = round(us / floor_us, 3)
+                        if kind == "fused":
+                            row.update(speed_verdict(batch, us, floor_us))
+                        del graph
+                    except Exception as exc:  # noqa: BLE001  (one failure must not lose the others)
+                        row.update(us=None, error=f"{type(exc).__name__}: {exc}"[:300],
+                                   verdict="FAIL" if kind == "fused" else "n/a")
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+            del base, reward
+            torch.cuda.empty_cache()
+    result = {"vocab": VOCAB, "router": "K=16 d=16 H=64", "read_bandwidth_tb_s": round(bandwidth / 1e12, 3),
+              "l2_bytes": l2, "device": props.name,
+              "method": "CUDA graph of `sets` consecutive steps over distinct inputs (> 3x L2 in all), "
+                        "median of 5 replays / sets; floor = both rows' bytes / read bandwidth (amax over 1 GiB)",
+              "rows": rows}
+    with open(os.path.join(out_dir, "timings.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    with open(os.path.join(out_dir, "timings.md"), "w") as f:
+        f.write(timings_markdown(result))
+    return 0
 
 
-# ---------------------------------------------------------------- (e)
+def timings_markdown(result: dict) -> str:
+    lines = [f"# Step time, {result['device']}, V={result['vocab']}, router {result['router']}", "",
+             f"Read bandwidth {result['read_bandwidth_tb_s']} TB/s. {result['method']}.", "",
+             "| backend | B | dtype | mode | us | floor us | x floor | goal | verdict |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['backend']} | {r['batch']} | {r['dtype']} | {r['mode']} | {r.get('us')} | {r['floor_us']} | "
+                     f"{r.get('x_floor', '')} | {r.get('goal') or ''} | {r.get('verdict', '')}{' ' + r['error'] if r.get('error') else ''} |")
+    return "\n".join(lines) + "\n"
 
-SANITIZER_SCRIPT = textwrap.dedent('''
+
+def cmd_probe(args) -> int:
+    """A few steps for ncu / compute-sanitizer: router sampling with log-probs, router greedy
+    and GenARM greedy, at each requested shape."""
     import torch
-    from taro_ext import TopKRouter, genarm_step, taro_step
 
-    torch.manual_seed(0)
-    for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        for vocab, width, k in ((1000, 1003, 16), (77, 77, 64), (5, 9, 1)):
-            router = TopKRouter(vocab, k=k, embed_dim=4, hidden=8).cuda()
-            base = torch.randn(3, width + 1, device="cuda").to(dtype)[:, 1:]  # misaligned rows
-            reward = torch.randn(3, width, device="cuda").to(dtype)
-            reward[0, : vocab // 2] = float("-inf")
-            uniform = torch.tensor([0.0, 0.5, 0.999999], device="cuda")
-            for temperature in (0.0, 0.7):
-                taro_step(base, reward, router, temperature=temperature, uniform=uniform, vocab_size=vocab,
-                          return_logprobs=True, check_inputs=False, backend="cuda")
-                genarm_step(base, reward, 0.5, vocab_size=vocab, temperature=temperature, uniform=uniform,
-                            return_logprobs=False, check_inputs=False, backend="cuda")
-    torch.cuda.synchronize()
-    print("sanitizer script done")
-''')
+    sys.path.insert(0, ROOT)
+    from taro_ext import genarm_step, taro_step
 
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[args.dtype]
+    for spec in args.shape:
+        batch, vocab = (int(v) for v in spec.split("x"))
+        router = _router(vocab)
+        g = torch.Generator(device="cuda").manual_seed(0)
+        base = (3 * torch.randn(batch, vocab, device="cuda", generator=g)).to(dtype)
+        reward = (3 * torch.randn(batch, vocab, device="cuda", generator=g)).to(dtype)
+        uniform = torch.rand(batch, device="cuda", generator=g)
+        for _ in range(args.steps):
+            taro_step(base, reward, router, temperature=0.0, check_inputs=False, backend=args.backend)
+            taro_step(base, reward, router, temperature=0.8, uniform=uniform, return_logprobs=True,
+                      check_inputs=False, backend=args.backend)
+            genarm_step(base, reward, 0.5, temperature=0.0, check_inputs=False, backend=args.backend)
+        torch.cuda.synchronize()
+        print(f"probe {args.backend} B={batch} V={vocab} {args.dtype}: done", flush=True)
+    return 0
 
-def part_sanitizer(report: Report) -> None:
-    tool = shutil.which("compute-sanitizer") or "/usr/local/cuda/bin/compute-sanitizer"
-    if not os.path.exists(tool):
-        report.add("compute-sanitizer not found")
-        return
-    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
-        f.write(SANITIZER_SCRIPT)
-        script = f.name
-    env = dict(os.environ, PYTORCH_NO_CUDA_MEMORY_CACHING="1")
-    for check in ("memcheck", "racecheck", "synccheck"):
-        if report.time_left() < (30 if check != "synccheck" else 120):
-            report.add(f"- {check}: skipped (budget)")
-            continue
-        cmd = [tool, "--tool", check, "--error-exitcode", "17", sys.executable, script]
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=max(30.0, report.time_left()))
-        tail = (proc.stdout + proc.stderr)[-3000:]
-        report.add(f"- `{check}`: exit code {proc.returncode} ({'clean' if proc.returncode == 0 else 'ERRORS'})"
-                   f"\n```\n{tail}\n```")
-
-
-# ---------------------------------------------------------------- main
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("report", help="markdown report to write, e.g. bench/results/gpu_check.md")
-    parser.add_argument("--parts", default=DEFAULT_ORDER,
-                        help="comma-separated subset of a (tests), b (launch count), c (CUDA graph), "
-                             "d (timings), e (compute-sanitizer)")
-    parser.add_argument("--budget-s", type=float, default=600.0,
-                        help="wall-clock budget; parts stop starting new work once it is spent")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    for name in ("env", "timings", "summarize"):
+        p = sub.add_parser(name)
+        p.add_argument("out_dir")
+    probe = sub.add_parser("probe")
+    probe.add_argument("--shape", action="append", required=True, help="BxV, e.g. 1x128256 (repeatable)")
+    probe.add_argument("--dtype", default="bf16", choices=("bf16", "fp32", "fp16"))
+    probe.add_argument("--steps", type=int, default=1)
+    probe.add_argument("--backend", default="cuda", choices=("cuda", "triton"))
     args = parser.parse_args(argv)
-    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    unknown = sorted(set(parts) - set(PARTS))
-    if unknown:
-        parser.error(f"unknown parts {unknown}; choose from {PARTS}")
-
-    report = Report(args.report, time.monotonic() + args.budget_s)
-    report.add("# taro_ext GPU check\n")
-    report.add(f"command: `{' '.join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])}`  ")
-    import torch
-
-    report.add(f"python {platform.python_version()}, torch {torch.__version__}, host {platform.node()}  ")
-    if not torch.cuda.is_available():
-        report.add("no GPU: torch.cuda.is_available() is False; nothing to check here.")
-        report.write()
-        return 0
-    props = torch.cuda.get_device_properties(0)
-    report.add(f"device: {props.name}, {props.multi_processor_count} SMs, "
-               f"{props.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}  ")
-    try:
-        import triton
-
-        report.add(f"triton {triton.__version__}  ")
-    except ImportError:
-        report.add("triton: not installed  ")
-    sys.path.insert(0, ROOT)
-    import taro_ext
-
-    report.add(f"backends on cuda: {taro_ext.available_backends('cuda')}")
-    titles = {"a": ("(a) parity tests on the GPU", part_tests),
-              "b": ("(b) kernels launched per step", part_launch_count),
-              "c": ("(c) CUDA graph: 32 captured decode steps vs eager", part_graph),
-              "d": ("(d) step time vs memory floor", part_timings),
-              "e": ("(e) compute-sanitizer", part_sanitizer)}
-    for part in parts:
-        guarded(report, *titles[part])
-    report.write()
-    return 0
+    if args.cmd == "probe":
+        return cmd_probe(args)
+    os.makedirs(args.out_dir, exist_ok=True)
+    if args.cmd == "env":
+        return cmd_env(args.out_dir)
+    if args.cmd == "timings":
+        return cmd_timings(args.out_dir)
+    summary, code = summarize(args.out_dir)
+    with open(os.path.join(args.out_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    print(f"gpu_check: {summary['verdict']} (exit {code}); failed: {summary['failed_checks'] or 'none'}; "
+          f"speed goals missed: {summary['missed_speed_goals'] or 'none'}; {args.out_dir}/summary.json")
+    return code
 
 
 if __name__ == "__main__":

@@ -37,7 +37,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_step_cuda(
   const at::Tensor workspace =
       at::empty({static_cast<int64_t>(plan.workspace_bytes)}, base.options().dtype(at::kByte));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device).stream();
-  C10_CUDA_CHECK(taro_step_cuda(p, workspace.data_ptr(), plan.workspace_bytes, stream));
+  const cudaError_t err = taro_step_cuda(p, workspace.data_ptr(), plan.workspace_bytes, stream);
+  if (err == cudaErrorCooperativeLaunchTooLarge) {
+    (void)cudaGetLastError();  // not sticky: clear it so the next CUDA call does not report it
+    TORCH_CHECK(false, "cuda backend: the step's cooperative grid of ", plan.grid, " CTAs x ", plan.block,
+                " threads cannot be resident at once on device ", device,
+                " (this context has fewer SMs than the device reports: MPS or green contexts?); "
+                "set TARO_CUDA_MAX_CTAS to at most the CTAs this context holds, or use backend='triton'");
+  }
+  C10_CUDA_CHECK(err);
   return {out.tokens, out.alpha, out.token_logprobs, out.logprobs};
 }
 

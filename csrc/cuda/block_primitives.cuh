@@ -41,7 +41,7 @@ struct VecWidth {
 // [0, vocab) are not read and hold 0; callers skip them by id. `vector_ok`: row + start
 // is 16-byte aligned for this row, so a slot inside [0, vocab) is one 16-byte load.
 template <typename T>
-__device__ __forceinline__ void load_slot(const T* row, int64_t start, int64_t vocab, bool vector_ok,
+__device__ __forceinline__ void load_slot(const T* row, int start, int vocab, bool vector_ok,
                                           T (&out)[VecWidth<T>::value]) {
   constexpr int kVec = VecWidth<T>::value;
   if (vector_ok && start >= 0 && start + kVec <= vocab) {
@@ -280,6 +280,8 @@ struct TopKThread {
   int cur[2];         // which ping-pong list is current
   uint64_t thr[2];    // a key must be > thr to be a candidate
   uint64_t floor[2];  // lower bound that never changes (0: none)
+  float vthr[2];      // raw-value filter: a candidate's value is >= vthr (cheaper than a key)
+  float vseed[2];     // lower bound of the K-th largest value from topk_seed (-inf: none)
 };
 
 template <int KB>
@@ -292,21 +294,69 @@ __device__ __forceinline__ void topk_init(TopKShared<KB>& s, TopKThread& t, uint
   t.floor[1] = floor1;
   t.thr[0] = floor0;
   t.thr[1] = floor1;
+  t.vthr[0] = t.vthr[1] = t.vseed[0] = t.vseed[1] = -INFINITY;
 }
 
-// Offers `key` of model m when `pred`; all 32 lanes of the warp must call it together.
-template <int KB>
-__device__ __forceinline__ void topk_offer(TopKShared<KB>& s, const TopKThread& t, uint64_t (*cand)[kCandidates],
-                                           int m, bool valid, uint64_t key) {
-  const bool pred = valid && key > t.thr[m];
+// Seeds the raw-value filters before the first offer: the K-th largest of the threads'
+// maxima (mb, mr: this thread's largest base and reward value so far, -inf if none) is a
+// lower bound of the K-th largest value, since K threads each hold a value at least that
+// large. It is max{v_i : #{j : v_j >= v_i} >= k}, counted from shared memory. Without it
+// the first tile would offer every key (a full sort). `scratch` holds kThreads float2
+// (the candidate buffer is free before the first offer). Call from all threads.
+__device__ __forceinline__ void topk_seed(TopKThread& t, float2* scratch, float2* reduce_scratch, int k,
+                                          float mb, float mr) {
+  scratch[threadIdx.x] = make_float2(mb, mr);
+  __syncthreads();
+  int ge_b = 0, ge_r = 0;
+  if (mb != -INFINITY || mr != -INFINITY) {
+    const float4* pairs = reinterpret_cast<const float4*>(scratch);
+#pragma unroll 4
+    for (int j = 0; j < kThreads / 2; ++j) {
+      const float4 two = pairs[j];
+      ge_b += int(two.x >= mb) + int(two.z >= mb);
+      ge_r += int(two.y >= mr) + int(two.w >= mr);
+    }
+  }
+  const float2 mine = make_float2(mb != -INFINITY && ge_b >= k ? mb : -INFINITY,
+                                  mr != -INFINITY && ge_r >= k ? mr : -INFINITY);
+  const float2 seed = block_reduce(
+      mine, [](float2 a, float2 b) { return make_float2(fmaxf(a.x, b.x), fmaxf(a.y, b.y)); }, reduce_scratch);
+  t.vseed[0] = t.vthr[0] = seed.x;
+  t.vseed[1] = t.vthr[1] = seed.y;
+}
+
+// Appends `key` to model m's candidates when `pred`; all 32 lanes of the warp call it together.
+__device__ __forceinline__ void topk_append(int* count, uint64_t (*cand)[kCandidates], int m, bool pred,
+                                            uint64_t key) {
   const unsigned mask = __ballot_sync(kFullMask, pred);
   if (mask == 0) return;
   const int lane = threadIdx.x & 31;
   const int leader = __ffs(mask) - 1;
   int base = 0;
-  if (lane == leader) base = atomicAdd(&s.count[m], __popc(mask));
+  if (lane == leader) base = atomicAdd(&count[m], __popc(mask));
   base = __shfl_sync(kFullMask, base, leader);
   if (pred) cand[m][base + __popc(mask & ((1u << lane) - 1u))] = key;
+}
+
+// Offers a ready key of model m (phase 2's merge of slice lists).
+template <int KB>
+__device__ __forceinline__ void topk_offer(TopKShared<KB>& s, const TopKThread& t, uint64_t (*cand)[kCandidates],
+                                           int m, bool valid, uint64_t key) {
+  topk_append(s.count, cand, m, valid && key > t.thr[m], key);
+}
+
+// Offers logit x of token id of model m: one float compare for the many values below the
+// filter; the 64-bit key is built only for values that pass it.
+template <int KB>
+__device__ __forceinline__ void topk_offer_value(TopKShared<KB>& s, const TopKThread& t,
+                                                 uint64_t (*cand)[kCandidates], int m, bool valid, float x, int id) {
+  bool pred = valid && x >= t.vthr[m];
+  uint64_t key = 0;
+  if (pred) {
+    key = topk_key(x, id);
+    pred = key > t.thr[m];
+  }
+  topk_append(s.count, cand, m, pred, key);
 }
 
 // Ends a tile: merges the candidates (if any) into the lists. Returns, per model, the
@@ -359,6 +409,7 @@ __device__ __forceinline__ void topk_end_tile(TopKShared<KB>& s, TopKThread& t, 
     t.cur[m] ^= 1;
     const uint64_t kth = s.list[m][t.cur[m]][k - 1];
     t.thr[m] = kth > t.floor[m] ? kth : t.floor[m];
+    if (kth != 0) t.vthr[m] = fmaxf(t.vseed[m], topk_key_value(kth));
   }
 }
 

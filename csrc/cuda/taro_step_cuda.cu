@@ -4,6 +4,7 @@
 #include "taro_step_cuda.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <utility>
@@ -52,12 +53,25 @@ cudaError_t resident_ctas(const void* kernel, int device, int* out) {
   return cudaSuccess;
 }
 
+// TARO_CUDA_MAX_CTAS=n caps the cooperative grid at n CTAs (0 or unset: no cap). For a
+// context that gets fewer SMs than the device reports (MPS thread limits, green contexts),
+// where a full-device grid is not co-resident and the launch fails with
+// cudaErrorCooperativeLaunchTooLarge; and for tests that force several (row, slice) items
+// per CTA. Read on every plan (a getenv), so it may change between steps.
+int64_t grid_cap() {
+  const char* env = std::getenv("TARO_CUDA_MAX_CTAS");
+  if (env == nullptr || *env == '\0') return 0;
+  char* end = nullptr;
+  const long long n = std::strtoll(env, &end, 10);
+  return (end != nullptr && *end == '\0' && n > 0) ? int64_t(n) : 0;
+}
+
 }  // namespace
 }  // namespace cuda_detail
 
 const char* taro_step_cuda_unsupported(const StepParams& p) {
   if (p.batch < 0 || p.vocab_size < 1) return "vocab_size must be >= 1";
-  if (p.vocab_size >= (int64_t(1) << 31)) return "vocab_size must be < 2^31 for the cuda backend";
+  if (p.vocab_size >= (int64_t(1) << 31) - 64) return "vocab_size must be < 2^31 - 64 for the cuda backend";
   if (p.temperature > 0.f && p.uniform == nullptr) return "uniform is required when temperature > 0";
   if (p.use_alpha_override) return nullptr;
   if (p.k < 1 || p.k > p.vocab_size) return "k must be in [1, vocab_size]";
@@ -76,6 +90,7 @@ cudaError_t taro_step_cuda_plan(const StepParams& p, int device, CudaStepPlan* p
   int resident = 0;
   const cudaError_t err = resident_ctas(kernel, device, &resident);
   if (err != cudaSuccess) return err;
+  if (const int64_t cap = grid_cap()) resident = int(std::min<int64_t>(resident, cap));
   const int64_t batch = std::max<int64_t>(p.batch, 1);
   const int64_t vec = p.logits_dtype == DType::kFloat32 ? 4 : 8;  // elements per 16-byte slot
   const int64_t slots = (p.vocab_size + vec - 1) / vec + 1;

@@ -39,7 +39,11 @@ cudaError_t taro_step_cuda_plan(const StepParams& params, int device, CudaStepPl
 size_t taro_step_cuda_workspace_bytes(const StepParams& params, int device);
 
 // Runs one step on `stream` (device pointers in `params`, current device = the
-// pointers' device). Asynchronous; errors are launch/configuration errors only.
+// pointers' device). Asynchronous; errors are launch/configuration errors only. The grid
+// is sized from the device's SM count and the kernel's occupancy; where this context
+// cannot hold it all at once (MPS, green contexts) the launch fails at once with
+// cudaErrorCooperativeLaunchTooLarge (it never waits for CTAs that cannot start); the
+// environment variable TARO_CUDA_MAX_CTAS caps the grid for such contexts.
 cudaError_t taro_step_cuda(const StepParams& params, void* workspace, size_t workspace_bytes,
                            cudaStream_t stream);
 

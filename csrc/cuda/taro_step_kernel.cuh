@@ -11,17 +11,22 @@
 // the whole GPU, a large one gets S = 1.
 //
 // Phases (grid.sync between them):
-//  1. per (row, slice): online (max, sum exp, entropy term) of both rows and the
-//     slice's top-K of both rows (threshold filter + shared-memory merge) -> workspace.
-//  2. per row (router only): merge the S partials -> log-normalisers, entropies and
-//     both top-K lists; index-embedding gather and router MLP -> alpha.
-//  3. per (row, slice): merge the S entropy partials again (every CTA of a row computes
-//     the same log-normalisers bit for bit); slice partials of the mixed score
-//     z = s / T (or s): max, sum exp(z - max), argmax (lowest id).
+//  1. per (row, slice), router only: online (max, sum exp, entropy term) of both rows and
+//     the slice's top-K of both rows (a raw-value filter seeded from the first tile's
+//     per-thread maxima, then a shared-memory merge) -> workspace. Meanwhile the grid
+//     prefetches the router weights into L2.
+//  2. per row, router only: merge the S partials -> log-normalisers (stored for phases
+//     3-4), entropies and both top-K lists (filtered from below by the K-th largest slice
+//     maximum); index-embedding gather and router MLP -> alpha.
+//  3. per (row, slice): slice partials of the mixed score z = s / T (or s): max,
+//     sum exp(z - max), argmax (lowest id). GenARM (alpha_override) starts here: its
+//     s = z_b + alpha * z_r needs no normaliser (a per-row constant), so it reads each row
+//     once and has a single grid.sync.
 //  4. per (row, slice): merge the S score partials -> (M, total); the slice-0 CTA writes
 //     the greedy token; for sampling, every CTA finds the slice whose CDF range holds
 //     u * total (a warp scan over the slice weights, bit-identical in every CTA) and that
-//     one CTA scans its slice; with logprobs every CTA writes its slice of z - log-sum-exp.
+//     one CTA scans its slice; with logprobs every CTA writes its slice of z - log-sum-exp
+//     (16-byte stores where aligned).
 // Every value a CTA reads from another CTA crosses a grid.sync and is read with
 // ld.global.cg; nothing is accumulated across CTAs with atomics, so the step is
 // deterministic run to run (and a CUDA-graph replay gives the eager tokens).
@@ -53,17 +58,17 @@ struct WorkspaceLayout {
 __host__ __device__ inline size_t align16(size_t n) { return (n + 15) & ~size_t(15); }
 
 // keys:    [B*S][2][KB] uint64 top-K keys per slice and model (router only)
-// stats:   [B*S][2] float4 (m, d, t, -) entropy partials per slice and model
+// stats:   [B*S][2] float4 (m, d, t, -) entropy partials per slice and model (router only)
 // scores:  [B*S] float4 (m, d, best, best_id bits) mixed-score partials per slice
-// row_lse: [B] float2 log-normalisers (written in phase 3, read in phase 4)
+// row_lse: [B] float2 log-normalisers (router only: written in phase 2, read in phases 3-4)
 __host__ __device__ inline WorkspaceLayout workspace_layout(int64_t batch, int slices, int kb, bool router) {
   WorkspaceLayout l;
   const size_t items = size_t(batch) * size_t(slices);
   l.keys = 0;
   l.stats = align16(l.keys + (router ? items * 2 * size_t(kb) * sizeof(uint64_t) : 0));
-  l.scores = align16(l.stats + items * 2 * sizeof(float4));
+  l.scores = align16(l.stats + (router ? items * 2 * sizeof(float4) : 0));
   l.row_lse = align16(l.scores + items * sizeof(float4));
-  l.bytes = align16(l.row_lse + size_t(batch) * sizeof(float2));
+  l.bytes = align16(l.row_lse + (router ? size_t(batch) * sizeof(float2) : 0));
   return l;
 }
 
@@ -84,7 +89,7 @@ __device__ __forceinline__ uint64_t load_cg(const uint64_t* p) {
 
 template <int KB>
 struct SharedStorage {
-  union {
+  union alignas(16) {
     uint64_t cand[2][kCandidates];              // phases 1-2: top-K candidates per model
     float features[kCudaMaxRouterInputs];       // phase 2: router input x
     float slice_weight[kMaxSlices];             // phase 4: sum of p per slice
@@ -111,15 +116,15 @@ struct RowView {
   static constexpr int kVec = VecWidth<T>::value;
   const T* base;
   const T* reward;
-  int64_t vocab;
-  int64_t nslots;
+  int vocab;  // ids within a row are int: vocab_size < 2^31 (taro_step_cuda_unsupported)
+  int nslots;
   int shift;
   bool base_vec, reward_vec;
 
   __device__ RowView(const StepParams& p, int64_t row) {
     base = static_cast<const T*>(p.base_logits) + row * p.base_stride;
     reward = static_cast<const T*>(p.reward_logits) + row * p.reward_stride;
-    vocab = p.vocab_size;
+    vocab = int(p.vocab_size);
     const uintptr_t ab = reinterpret_cast<uintptr_t>(base), ar = reinterpret_cast<uintptr_t>(reward);
     const bool typed = ab % sizeof(T) == 0 && ar % sizeof(T) == 0;
     shift = typed ? int((ab / sizeof(T)) % kVec) : 0;
@@ -127,36 +132,55 @@ struct RowView {
     reward_vec = typed && int((ar / sizeof(T)) % kVec) == shift;
     nslots = (vocab - 1 + shift) / kVec + 1;
   }
-  __device__ int64_t slice_begin(int slice, int slices) const { return nslots * slice / slices; }
+  __device__ int slice_begin(int slice, int slices) const { return int(int64_t(nslots) * slice / slices); }
 };
 
-// Calls body(xb, xr, start, active) (raw T values) once per tile of kThreads slots of [q0, q1), with the
-// next tile's loads issued before the current tile is processed. `start` is the first id
-// of this thread's slot; `active` is false past q1. Every thread runs the same number
-// of iterations; body returns false (the same in every thread) to stop early.
-template <typename T, typename Body>
-__device__ __forceinline__ void for_each_tile(const RowView<T>& v, int64_t q0, int64_t q1, Body body) {
+// Slots (16 bytes per model) each thread keeps in flight while it works on another, in
+// phases 3-4: 2 CTAs x 256 threads x 2 models x 2 x 16 B = 32 KB per SM outstanding (about
+// what an H200 SM needs to cover DRAM latency at its share of the bandwidth; one slot gives 16 KB).
+constexpr int kSlotsInFlight = 2;
+// Phase 1's body (two online states, two top-K filters) leaves ptxas no registers for a
+// second slot within the 128-register cap of two CTAs per SM: with K buckets 8-64 it
+// spills (8 bytes, bf16 on sm_90a), so there one slot is in flight; the bucket-1 kernel
+// (GenARM, and the router at K = 1) keeps two and does not spill (with one slot it did).
+template <int KB>
+constexpr int kSlotsInFlightPhase1 = KB == 1 ? 2 : 1;
+
+// Calls body(xb, xr, start, active) (raw T values) once per group of kThreads slots of
+// [q0, q1), in order. A thread keeps kSlots slots loading: when it takes a slot out of its
+// buffer it issues the load of the slot kSlots groups ahead into the same registers, so
+// kSlots + 1 slots of registers give kSlots slots in flight. `start` is the first id of
+// this thread's slot; `active` is false past q1. Every thread makes the same calls; body
+// returns false (the same in every thread) to stop early. One call offers at most
+// kThreads * kVec values (the top-K candidate buffer).
+template <int kSlots, typename T, typename Body>
+__device__ __forceinline__ void for_each_tile(const RowView<T>& v, int q0, int q1, Body body) {
   constexpr int kVec = RowView<T>::kVec;
-  const int64_t ntiles = (q1 - q0 + kThreads - 1) / kThreads;
-  T nb[kVec] = {}, nr[kVec] = {};  // a thread past q1 keeps zeros (never used: active == false)
-  auto load = [&](int64_t q) {
+  constexpr int kStep = kThreads * kSlots;
+  const int ntiles = (q1 - q0 + kStep - 1) / kStep;
+  T bb[kSlots][kVec] = {}, br[kSlots][kVec] = {};  // past q1: zeros, never used
+  auto load = [&](int q, T(&ob)[kVec], T(&orr)[kVec]) {
     if (q < q1) {
-      const int64_t start = q * kVec - v.shift;
-      load_slot(v.base, start, v.vocab, v.base_vec, nb);
-      load_slot(v.reward, start, v.vocab, v.reward_vec, nr);
+      const int start = q * kVec - v.shift;
+      load_slot(v.base, start, v.vocab, v.base_vec, ob);
+      load_slot(v.reward, start, v.vocab, v.reward_vec, orr);
     }
   };
-  load(q0 + threadIdx.x);
-  for (int64_t tile = 0; tile < ntiles; ++tile) {
-    const int64_t q = q0 + tile * kThreads + threadIdx.x;
-    T xb[kVec], xr[kVec];
 #pragma unroll
-    for (int e = 0; e < kVec; ++e) {
-      xb[e] = nb[e];
-      xr[e] = nr[e];
+  for (int u = 0; u < kSlots; ++u) load(q0 + u * kThreads + threadIdx.x, bb[u], br[u]);
+  for (int tile = 0; tile < ntiles; ++tile) {
+#pragma unroll
+    for (int u = 0; u < kSlots; ++u) {
+      const int q = q0 + tile * kStep + u * kThreads + int(threadIdx.x);
+      T xb[kVec], xr[kVec];
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) {
+        xb[e] = bb[u][e];
+        xr[e] = br[u][e];
+      }
+      load(q + kStep, bb[u], br[u]);
+      if (!body(xb, xr, q * kVec - v.shift, q < q1)) return;
     }
-    load(q + kThreads);
-    if (!body(xb, xr, q * kVec - v.shift, q < q1)) break;
   }
 }
 
@@ -177,10 +201,9 @@ struct EntropyPair {
   EntropyStat b, r;
 };
 
-// Merges the S entropy partials of `row`. Not inlined: every CTA runs the very same
-// code on the same data, hence gets the same bits.
+// Merges the S entropy partials of `row` (phase 2, the row's router CTA).
 template <int KB>
-__device__ __noinline__ EntropyPair merge_entropy_partials(SharedStorage<KB>& sh, const float4* stats,
+__device__ __forceinline__ EntropyPair merge_entropy_partials(SharedStorage<KB>& sh, const float4* stats,
                                                            int64_t row, int slices) {
   EntropyPair acc{entropy_stat_empty(), entropy_stat_empty()};
   for (int j = threadIdx.x; j < slices; j += kThreads) {
@@ -197,36 +220,58 @@ __device__ __noinline__ EntropyPair merge_entropy_partials(SharedStorage<KB>& sh
       scratch_as<EntropyPair>(sh));
 }
 
+// Asks L2 for [ptr, ptr + bytes), the lines spread over the whole grid (fire and forget:
+// no registers wait on it). Phase 1 prefetches the router weights that phase 2 reads on the
+// critical path, which a model forward between two steps has evicted from L2.
+__device__ __forceinline__ void prefetch_l2_grid(const void* ptr, size_t bytes) {
+  constexpr size_t kLine = 128;
+  const char* base = static_cast<const char*>(ptr);
+  for (size_t off = (size_t(blockIdx.x) * kThreads + threadIdx.x) * kLine; off < bytes;
+       off += size_t(gridDim.x) * kThreads * kLine)
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(base + off));
+}
+
 // ---------------------------------------------------------------- phase 1
 
 template <typename T, int KB>
 __device__ void slice_stats_and_topk(const StepParams& p, SharedStorage<KB>& sh, const Workspace& ws,
-                                     int64_t row, int slice, int slices, bool topk) {
+                                     int64_t row, int slice, int slices) {
   constexpr int kVec = RowView<T>::kVec;
   const RowView<T> v(p, row);
-  const int64_t q0 = v.slice_begin(slice, slices), q1 = v.slice_begin(slice + 1, slices);
+  const int q0 = v.slice_begin(slice, slices), q1 = v.slice_begin(slice + 1, slices);
   const int k = p.k;
   EntropyPair st{entropy_stat_empty(), entropy_stat_empty()};
   TopKThread tk;
-  if (topk) topk_init(sh.topk, tk, 0, 0);
-  for_each_tile(v, q0, q1, [&](const T(&xb)[kVec], const T(&xr)[kVec], int64_t start, bool active) {
+  topk_init(sh.topk, tk, 0, 0);
+  bool seeded = false;
+  for_each_tile<kSlotsInFlightPhase1<KB>>(v, q0, q1, [&](const T(&xb)[kVec], const T(&xr)[kVec], int start, bool active) {
+    if (!seeded) {  // the first tile's per-thread maxima bound the K-th value
+      float mb = -INFINITY, mr = -INFINITY;
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) {
+        const int id = start + e;
+        if (active && id >= 0 && id < v.vocab) {
+          mb = fmaxf(mb, to_float(xb[e]));
+          mr = fmaxf(mr, to_float(xr[e]));
+        }
+      }
+      topk_seed(tk, reinterpret_cast<float2*>(&sh.u.cand[0][0]), scratch_as<float2>(sh), k, mb, mr);
+      seeded = true;
+    }
 #pragma unroll
     for (int e = 0; e < kVec; ++e) {
-      const int64_t id = start + e;
+      const int id = start + e;
       const bool valid = active && id >= 0 && id < v.vocab;
+      const float fb = to_float(xb[e]), fr = to_float(xr[e]);
       if (valid) {
-        entropy_stat_add(st.b, to_float(xb[e]));
-        entropy_stat_add(st.r, to_float(xr[e]));
+        entropy_stat_add(st.b, fb);
+        entropy_stat_add(st.r, fr);
       }
-      if (topk) {
-        topk_offer(sh.topk, tk, sh.u.cand, 0, valid, topk_key(to_float(xb[e]), int(id)));
-        topk_offer(sh.topk, tk, sh.u.cand, 1, valid, topk_key(to_float(xr[e]), int(id)));
-      }
+      topk_offer_value(sh.topk, tk, sh.u.cand, 0, valid, fb, id);
+      topk_offer_value(sh.topk, tk, sh.u.cand, 1, valid, fr, id);
     }
-    if (topk) {
-      int had[2];
-      topk_end_tile(sh.topk, tk, sh.u.cand, k, had);
-    }
+    int had[2];
+    topk_end_tile(sh.topk, tk, sh.u.cand, k, had);
     return true;
   });
   st = block_reduce(
@@ -240,11 +285,9 @@ __device__ void slice_stats_and_topk(const StepParams& p, SharedStorage<KB>& sh,
     ws.stats[item * 2 + 0] = make_float4(st.b.m, st.b.d, st.b.t, 0.f);
     ws.stats[item * 2 + 1] = make_float4(st.r.m, st.r.d, st.r.t, 0.f);
   }
-  if (topk) {
-    for (int i = threadIdx.x; i < 2 * KB; i += kThreads) {
-      const int m = i / KB, j = i % KB;
-      ws.keys[(item * 2 + m) * KB + j] = j < k ? sh.topk.list[m][m ? tk.cur[1] : tk.cur[0]][j] : 0;
-    }
+  for (int i = threadIdx.x; i < 2 * KB; i += kThreads) {
+    const int m = i / KB, j = i % KB;
+    ws.keys[(item * 2 + m) * KB + j] = j < k ? sh.topk.list[m][m ? tk.cur[1] : tk.cur[0]][j] : 0;
   }
   __syncthreads();  // shared memory is reused by this CTA's next item
 }
@@ -261,14 +304,32 @@ __device__ void route_row(const StepParams& p, SharedStorage<KB>& sh, const Work
   const int k = p.k;
   const EntropyPair st = merge_entropy_partials(sh, ws.stats, row, slices);
   const float lse_b = st.b.m + logf(st.b.d), lse_r = st.r.m + logf(st.r.d);
+  if (threadIdx.x == 0) ws.row_lse[row] = make_float2(lse_b, lse_r);  // one value for every CTA of the row
 
-  // Lower bound of each row's K-th key: the largest K-th key of any slice (that slice
-  // alone has K keys at least that large).
+  // Two lower bounds of each row's K-th key: the largest K-th key of any slice (that slice
+  // alone has K keys at least that large) and the K-th largest of the slices' maxima (K
+  // slices each hold a key at least that large; the tighter one when the row's top keys
+  // are spread over many slices, as at B = 1). The latter is max{m_j : #{i : m_i >= m_j} >= k},
+  // counted over the maxima in shared memory (free candidate buffers).
   const uint64_t* keys = ws.keys + row * slices * 2 * KB;
+  uint64_t* maxima = &sh.u.cand[0][0];  // [2][kMaxSlices]
   KeyPair kth{0, 0};
   for (int j = threadIdx.x; j < slices; j += kThreads) {
     kth.b = max(kth.b, load_cg(keys + (j * 2 + 0) * KB + k - 1));
     kth.r = max(kth.r, load_cg(keys + (j * 2 + 1) * KB + k - 1));
+    maxima[j] = load_cg(keys + (j * 2 + 0) * KB);
+    maxima[kMaxSlices + j] = load_cg(keys + (j * 2 + 1) * KB);
+  }
+  __syncthreads();
+  for (int j = threadIdx.x; j < slices; j += kThreads) {
+    const uint64_t mb = maxima[j], mr = maxima[kMaxSlices + j];
+    int ge_b = 0, ge_r = 0;
+    for (int i = 0; i < slices; ++i) {
+      ge_b += int(maxima[i] >= mb);
+      ge_r += int(maxima[kMaxSlices + i] >= mr);
+    }
+    if (ge_b >= k) kth.b = max(kth.b, mb);
+    if (ge_r >= k) kth.r = max(kth.r, mr);
   }
   kth = block_reduce(kth, [](KeyPair a, KeyPair c) { return KeyPair{max(a.b, c.b), max(a.r, c.r)}; },
                      scratch_as<KeyPair>(sh));
@@ -329,18 +390,36 @@ __device__ void route_row(const StepParams& p, SharedStorage<KB>& sh, const Work
   }
   __syncthreads();
 
-  // h = silu(W1 x + b1): one warp per hidden unit; u = w2 . h + b2; alpha = alpha_max * sigmoid(u).
+  // h = silu(W1 x + b1), u = w2 . h + b2, alpha = alpha_max * sigmoid(u). Warp w owns hidden
+  // units w, w + kWarps, ...; it walks kUnitsPerWarp of them at once with independent
+  // accumulators (lanes stride the input), so that many W1 loads per lane are in flight
+  // instead of one dependent chain per unit. W1 was prefetched into L2 during phase 1.
+  constexpr int kUnitsPerWarp = 8;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int hidden = p.router.hidden;
   float u_part = 0.f;
-  for (int h = warp; h < p.router.hidden; h += kWarps) {
-    const float* w = p.router.w1 + int64_t(h) * dim;
-    float acc = 0.f;
-    for (int i = lane; i < dim; i += 32) acc += __ldg(w + i) * x[i];
+  for (int h0 = warp; h0 < hidden; h0 += kWarps * kUnitsPerWarp) {
+    float acc[kUnitsPerWarp];
 #pragma unroll
-    for (int delta = 16; delta > 0; delta >>= 1) acc += __shfl_down_sync(kFullMask, acc, delta);
-    if (lane == 0) {
-      const float z = acc + __ldg(p.router.b1 + h);
-      u_part += __ldg(p.router.w2 + h) * (z / (1.f + expf(-z)));
+    for (int j = 0; j < kUnitsPerWarp; ++j) acc[j] = 0.f;
+    for (int i = lane; i < dim; i += 32) {
+      const float xi = x[i];
+#pragma unroll
+      for (int j = 0; j < kUnitsPerWarp; ++j) {
+        const int h = h0 + j * kWarps;
+        if (h < hidden) acc[j] += __ldg(p.router.w1 + int64_t(h) * dim + i) * xi;
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kUnitsPerWarp; ++j) {
+      float a = acc[j];
+#pragma unroll
+      for (int delta = 16; delta > 0; delta >>= 1) a += __shfl_xor_sync(kFullMask, a, delta);
+      const int h = h0 + j * kWarps;
+      if (lane == 0 && h < hidden) {
+        const float z = a + __ldg(p.router.b1 + h);
+        u_part += __ldg(p.router.w2 + h) * (z / (1.f + expf(-z)));
+      }
     }
   }
   float* partial = scratch_as<float>(sh);
@@ -356,10 +435,17 @@ __device__ void route_row(const StepParams& p, SharedStorage<KB>& sh, const Work
 
 // ---------------------------------------------------------------- phase 3
 
-__device__ __forceinline__ MixedScore row_mixed_score(const StepParams& p, float lse_b, float lse_r, float alpha) {
+// The row's score. With the router, s uses the log-normalisers phase 2 stored. GenARM
+// (alpha_override) uses s = z_b + alpha * z_r: it differs from lp_b + alpha * lp_r by a per-row
+// constant, which the argmax, the sampling CDF and log_softmax(s / T) do not see, so GenARM
+// reads each row once (no phase 1) instead of twice.
+__device__ __forceinline__ MixedScore row_mixed_score(const StepParams& p, const Workspace& ws, int64_t row) {
   MixedScore mix;
-  mix.lse_b = lse_b;
-  mix.lse_r = lse_r;
+  const bool router = !p.use_alpha_override;
+  const float2 lse = router ? __ldcg(&ws.row_lse[row]) : make_float2(0.f, 0.f);
+  const float alpha = router ? __ldcg(p.alpha + row) : p.alpha_override;
+  mix.lse_b = lse.x;
+  mix.lse_r = lse.y;
   mix.alpha = alpha;
   mix.mix = alpha != 0.f;
   mix.scaled = p.temperature > 0.f;
@@ -371,20 +457,16 @@ template <typename T, int KB>
 __device__ void slice_scores(const StepParams& p, SharedStorage<KB>& sh, const Workspace& ws, int64_t row,
                              int slice, int slices) {
   constexpr int kVec = RowView<T>::kVec;
-  const EntropyPair st = merge_entropy_partials(sh, ws.stats, row, slices);
-  const float lse_b = st.b.m + logf(st.b.d), lse_r = st.r.m + logf(st.r.d);
-  if (slice == 0 && threadIdx.x == 0) ws.row_lse[row] = make_float2(lse_b, lse_r);
-  const float alpha = p.use_alpha_override ? p.alpha_override : __ldcg(p.alpha + row);
-  const MixedScore mix = row_mixed_score(p, lse_b, lse_r, alpha);
+  const MixedScore mix = row_mixed_score(p, ws, row);
 
   const RowView<T> v(p, row);
   ScoreStat sc = score_stat_empty();
-  for_each_tile(v, v.slice_begin(slice, slices), v.slice_begin(slice + 1, slices),
-                [&](const T(&xb)[kVec], const T(&xr)[kVec], int64_t start, bool active) {
+  for_each_tile<kSlotsInFlight>(v, v.slice_begin(slice, slices), v.slice_begin(slice + 1, slices),
+                [&](const T(&xb)[kVec], const T(&xr)[kVec], int start, bool active) {
 #pragma unroll
                   for (int e = 0; e < kVec; ++e) {
-                    const int64_t id = start + e;
-                    if (active && id >= 0 && id < v.vocab) score_stat_add(sc, mix(to_float(xb[e]), to_float(xr[e])), int(id));
+                    const int id = start + e;
+                    if (active && id >= 0 && id < v.vocab) score_stat_add(sc, mix(to_float(xb[e]), to_float(xr[e])), id);
                   }
                   return true;
                 });
@@ -467,20 +549,26 @@ __device__ void finish_slice(const StepParams& p, SharedStorage<KB>& sh, const W
   const int crossing = sh.bcast_i[0];
   __syncthreads();  // bcast and weights are reused by this CTA's next item
 
-  const float2 lse = __ldcg(&ws.row_lse[row]);
-  const float alpha = p.use_alpha_override ? p.alpha_override : __ldcg(p.alpha + row);
-  const MixedScore mix = row_mixed_score(p, lse.x, lse.y, alpha);
+  const MixedScore mix = row_mixed_score(p, ws, row);
   const float log_norm = row_max + logf(total);
   const RowView<T> v(p, row);
-  const int64_t q0 = v.slice_begin(slice, slices), q1 = v.slice_begin(slice + 1, slices);
+  const int q0 = v.slice_begin(slice, slices), q1 = v.slice_begin(slice + 1, slices);
 
   if (p.logprobs != nullptr) {
     float* out = p.logprobs + row * v.vocab;
-    for_each_tile(v, q0, q1, [&](const T(&xb)[kVec], const T(&xr)[kVec], int64_t start, bool active) {
+    for_each_tile<kSlotsInFlight>(v, q0, q1, [&](const T(&xb)[kVec], const T(&xr)[kVec], int start, bool active) {
+      float lp[kVec];
 #pragma unroll
-      for (int e = 0; e < kVec; ++e) {
-        const int64_t id = start + e;
-        if (active && id >= 0 && id < v.vocab) out[id] = mix(to_float(xb[e]), to_float(xr[e])) - log_norm;
+      for (int e = 0; e < kVec; ++e) lp[e] = mix(to_float(xb[e]), to_float(xr[e])) - log_norm;
+      float* dst = out + start;
+      if (active && start >= 0 && start + kVec <= v.vocab && reinterpret_cast<uintptr_t>(dst) % 16 == 0) {
+#pragma unroll
+        for (int e = 0; e < kVec; e += 4)
+          *reinterpret_cast<float4*>(dst + e) = make_float4(lp[e], lp[e + 1], lp[e + 2], lp[e + 3]);
+      } else {
+#pragma unroll
+        for (int e = 0; e < kVec; ++e)
+          if (active && start + e >= 0 && start + e < v.vocab) dst[e] = lp[e];
       }
       return true;
     });
@@ -496,16 +584,16 @@ __device__ void finish_slice(const StepParams& p, SharedStorage<KB>& sh, const W
     float carry = before;
     int found = INT_MAX, last_positive = -1;
     float* scan_scratch = scratch_as<float>(sh);
-    for_each_tile(v, q0, q1, [&](const T(&xb)[kVec], const T(&xr)[kVec], int64_t start, bool active) {
+    for_each_tile<kSlotsInFlight>(v, q0, q1, [&](const T(&xb)[kVec], const T(&xr)[kVec], int start, bool active) {
       float prob[kVec], cum[kVec], run = 0.f;
 #pragma unroll
       for (int e = 0; e < kVec; ++e) {
-        const int64_t id = start + e;
+        const int id = start + e;
         const float z = (active && id >= 0 && id < v.vocab) ? mix(to_float(xb[e]), to_float(xr[e])) : -INFINITY;
         prob[e] = z == -INFINITY ? 0.f : __expf(z - row_max);
         run += prob[e];
         cum[e] = run;
-        if (prob[e] > 0.f) last_positive = int(id);
+        if (prob[e] > 0.f) last_positive = id;
       }
       float tile_total;
       const float offset = carry + block_exclusive_scan(run, scan_scratch, tile_total);
@@ -544,10 +632,16 @@ __global__ void __launch_bounds__(kThreads, 2) taro_step_kernel(StepParams p, un
                      reinterpret_cast<float2*>(workspace + layout.row_lse)};
   const int64_t items = p.batch * slices;
 
-  for (int64_t item = blockIdx.x; item < items; item += gridDim.x)
-    slice_stats_and_topk<T, KB>(p, sh, ws, item / slices, int(item % slices), slices, router);
-  grid.sync();
   if (router) {
+    const size_t hidden = size_t(p.router.hidden), dim = size_t(2 * p.k + 2 + 2 * p.k * p.router.embed_dim);
+    prefetch_l2_grid(p.router.w1, hidden * dim * sizeof(float));
+    prefetch_l2_grid(p.router.b1, hidden * sizeof(float));
+    prefetch_l2_grid(p.router.w2, hidden * sizeof(float));
+  }
+  if (router) {
+    for (int64_t item = blockIdx.x; item < items; item += gridDim.x)
+      slice_stats_and_topk<T, KB>(p, sh, ws, item / slices, int(item % slices), slices);
+    grid.sync();
     for (int64_t row = blockIdx.x; row < p.batch; row += gridDim.x) route_row<KB>(p, sh, ws, row, slices);
     grid.sync();
   }
