@@ -151,7 +151,8 @@ def prompt_of(solution) -> str:
 
 
 def make_data(cfg: ExperimentAConfig) -> dict:
-    """Training pools and held-out test sets of both domains (no test question is a training one)."""
+    """Training pools and held-out test sets of both domains (no test question is a training one;
+    most one-hand-over stories are in the training pool, so the story test set is mostly two)."""
     rng = random.Random(f"train:{cfg.seed}")
     problems = [word_problem(rng, cfg.max_operand) for _ in range(cfg.n_train)]
     stories = [story(rng) for _ in range(cfg.n_train)]
