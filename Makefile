@@ -44,7 +44,7 @@ bench: setup
 	$(PY) -m pytest -q bench --benchmark-only -m "not gpu" --benchmark-json bench/results/cpu.json
 	$(PY) -m taro_ext.benchreport bench/results/cpu.json --out bench/results/cpu.md
 
-# Experiment A (synthetic routing benchmark, tiny models trained here): bench/results/experiment_a.{md,json}.
+# Experiment A (the paper's claims and weak-to-strong on tiny models trained here): bench/results/experiment_a.{md,json,png}.
 experiment-a: setup
 	$(PY) -m taro_ext.evaluation.experiment_a --seeds 0 1 2 --jobs 3 --threads 1 --out bench/results
 
