@@ -54,4 +54,6 @@ def fused_step(backend: str, base_logits, reward_logits, weights: Optional[dict]
     else:
         out = torch.ops.taro_ext.fused_step(*args)
     tokens, alpha, token_logprobs, logprobs = out
-    return tokens, alpha, token_logprobs, (logprobs if return_logprobs else None)
+    if not return_logprobs:  # the CPU kernel then skips the mixed score's normaliser
+        return tokens, alpha, None, None
+    return tokens, alpha, token_logprobs, logprobs

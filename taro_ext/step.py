@@ -22,7 +22,7 @@ _LOGITS_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 class StepResult(NamedTuple):
     tokens: torch.Tensor  # [B] int64
     alpha: torch.Tensor  # [B] fp32
-    token_logprobs: torch.Tensor  # [B] fp32, log-prob of the chosen token
+    token_logprobs: Optional[torch.Tensor]  # [B] fp32, log-prob of the chosen token, when return_logprobs
     logprobs: Optional[torch.Tensor]  # [B, V] fp32 when return_logprobs, else None
 
 
@@ -206,7 +206,8 @@ def _run(base_logits, reward_logits, router, *, temperature, uniform, vocab_size
             base_logits, reward_logits, vocab_size=vocab_size, k=k, router_weights=weights,
             design=design, alpha_override=alpha_override, temperature=float(temperature),
             uniform=uniform, return_logprobs=return_logprobs)
-        return StepResult(*out)
+        tokens, alpha, token_logprobs, logprobs = out
+        return StepResult(tokens, alpha, token_logprobs if return_logprobs else None, logprobs)
     from .ops import fused_step
 
     return StepResult(*fused_step(chosen, base_logits, reward_logits, weights,
