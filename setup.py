@@ -57,9 +57,9 @@ def _extensions():
         nv_inc = glob.glob(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu*", "include"))
         os.environ["CPATH"] = os.pathsep.join(nv_inc + [os.environ.get("CPATH", "")]).strip(os.pathsep)
 
-    # C++20: torch >= 2.13 headers require it. -fno-trapping-math lets GCC if-convert and
-    # vectorise the clamped polynomial exp in the CPU kernel (we never trap on FP exceptions).
-    cxx = ["-O3", "-fopenmp", "-fno-trapping-math", "-std=c++20"]
+    # C++20: torch >= 2.13 headers require it. -fno-trapping-math: the kernels never trap on
+    # FP exceptions, so GCC may if-convert. The CPU kernel's threads are its own (no OpenMP).
+    cxx = ["-O3", "-fno-trapping-math", "-std=c++20"]
     if os.environ.get("TARO_EXT_NATIVE", "1") != "0":
         cxx.append("-march=native")
     sources = _rel("csrc/cpu/*.cpp") + _rel("csrc/bindings/taro_ops.cpp") + _rel("csrc/bindings/module.cpp")
@@ -68,7 +68,7 @@ def _extensions():
         return [
             cpp_extension.CppExtension(
                 "taro_ext._C", sources, include_dirs=include_dirs,
-                extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"],
+                extra_compile_args={"cxx": cxx},
             )
         ]
     sources += _rel("csrc/cuda/*.cu") + _rel("csrc/bindings/taro_ops_cuda.cpp")
@@ -78,7 +78,6 @@ def _extensions():
             "taro_ext._C", sources, include_dirs=include_dirs,
             define_macros=[("TARO_WITH_CUDA", "1")],
             extra_compile_args={"cxx": cxx + ["-DTARO_WITH_CUDA=1"], "nvcc": nvcc},
-            extra_link_args=["-fopenmp"],
         )
     ]
 

@@ -50,14 +50,15 @@ struct StepParams {
   // Outputs.
   int64_t* tokens = nullptr;          // [batch]
   float* alpha = nullptr;             // [batch]
-  float* token_logprobs = nullptr;    // [batch]
+  float* token_logprobs = nullptr;    // [batch] or nullptr (not requested: greedy then needs no exp)
   float* logprobs = nullptr;          // [batch, vocab_size] or nullptr (not requested)
 };
 
 // Number of router input features for top-K size k and embedding width d.
 inline int64_t router_input_dim(int64_t k, int64_t d) { return 2 * k + 2 + 2 * k * d; }
 
-// CPU kernel: one call, multi-threaded with OpenMP (num_threads <= 0: OpenMP default).
+// CPU kernel: one call, on up to num_threads threads of its own pool, whose idle threads
+// sleep (num_threads <= 0: the hardware's thread count). Rows may overlap (any stride >= 0).
 // Returns 0 on success, a non-zero code for parameters it cannot handle. Logit values are
 // not checked (the Python API's check_inputs does that): a row with NaN or +inf among its
 // first vocab_size logits, or with no finite mixed score, gets some token in [0, vocab_size)

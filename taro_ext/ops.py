@@ -100,4 +100,6 @@ def fused_step(backend: str, base_logits, reward_logits, weights: Optional[dict]
     tokens, alpha, token_logprobs, logprobs = op(
         base_logits, reward_logits, w.get("embed"), w.get("w1"), w.get("b1"), w.get("w2"), w.get("b2"),
         float(w.get("alpha_max", 0.0)), k, vocab_size, temperature, uniform, alpha_override, return_logprobs)
-    return tokens, alpha, token_logprobs, (logprobs if return_logprobs else None)
+    if not return_logprobs:  # the CPU kernel then skips the mixed score's normaliser
+        return tokens, alpha, None, None
+    return tokens, alpha, token_logprobs, logprobs

@@ -23,7 +23,7 @@ _LOGITS_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 class StepResult(NamedTuple):
     tokens: torch.Tensor  # [B] int64
     alpha: torch.Tensor  # [B] fp32
-    token_logprobs: torch.Tensor  # [B] fp32, log-prob of the chosen token
+    token_logprobs: Optional[torch.Tensor]  # [B] fp32, log-prob of the chosen token, when return_logprobs
     logprobs: Optional[torch.Tensor]  # [B, V] fp32 when return_logprobs, else None
 
 
@@ -196,10 +196,12 @@ def _run(base_logits, reward_logits, router, *, temperature, uniform, vocab_size
     weights = router.weights() if uses_router else None
     if chosen == "torch":
         k = router.k if isinstance(router, TopKRouter) else None
-        return StepResult(*reference.reference_step(
+        out = reference.reference_step(
             base_logits, reward_logits, vocab_size=vocab_size, k=k, router_weights=weights,
             design=design, alpha_override=alpha_override, temperature=temperature,
-            uniform=uniform, return_logprobs=return_logprobs))
+            uniform=uniform, return_logprobs=return_logprobs)
+        tokens, alpha, token_logprobs, logprobs = out
+        return StepResult(tokens, alpha, token_logprobs if return_logprobs else None, logprobs)
     return StepResult(*fused_step(chosen, base_logits, reward_logits, weights,
                                   k=router.k if weights is not None else 1, vocab_size=vocab_size,
                                   temperature=temperature, uniform=uniform,

@@ -26,10 +26,11 @@ def logits(b=2, width=V, dtype=torch.float32):
 def test_result_fields_and_logprobs_only_when_asked(router):
     out = taro_ext.taro_step(logits(), logits(), router, backend="torch")
     assert out.tokens.dtype == torch.int64 and out.tokens.shape == (2,)
-    assert out.alpha.dtype == torch.float32 and out.token_logprobs.shape == (2,)
-    assert out.logprobs is None
+    assert out.alpha.dtype == torch.float32
+    assert out.token_logprobs is None and out.logprobs is None
     out = taro_ext.taro_step(logits(), logits(), router, return_logprobs=True, backend="torch")
     assert out.logprobs.shape == (2, V) and out.logprobs.dtype == torch.float32
+    assert out.token_logprobs.shape == (2,)
     assert ((out.alpha > 0) & (out.alpha < router.alpha_max)).all()
 
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <limits>
 #include <optional>
 
 #include "../taro_step.h"
@@ -26,21 +27,27 @@ struct StepOutputs {
 
 // Allocates the outputs on the logits' device and fills `params` with pointers into
 // the inputs and outputs. `logprobs` is [B, V] when requested, else [B, 0].
+// `token_logprobs` is always [B]; with `token_logprob_optional` and no logprobs requested,
+// the kernel is told not to compute it (nullptr) and the tensor holds NaN.
 inline StepOutputs make_step_params(
     StepParams& p, const at::Tensor& base, const at::Tensor& reward,
     const std::optional<at::Tensor>& embed, const std::optional<at::Tensor>& w1,
     const std::optional<at::Tensor>& b1, const std::optional<at::Tensor>& w2,
     const std::optional<at::Tensor>& b2, double alpha_max, int64_t k, int64_t vocab_size,
     double temperature, const std::optional<at::Tensor>& uniform,
-    std::optional<double> alpha_override, bool return_logprobs) {
+    std::optional<double> alpha_override, bool return_logprobs, bool token_logprob_optional = false) {
   TORCH_CHECK_VALUE(base.dim() == 2 && reward.dim() == 2,
                     "base_logits and reward_logits must be 2-D [B, V]");
   TORCH_CHECK_VALUE(base.size(0) == reward.size(0), "base_logits and reward_logits batch sizes differ");
   TORCH_CHECK_VALUE(base.device() == reward.device(), "base_logits and reward_logits devices differ");
   TORCH_CHECK_TYPE(base.scalar_type() == reward.scalar_type(),
                    "base_logits and reward_logits must share a dtype");
-  TORCH_CHECK_VALUE(base.stride(1) == 1 && reward.stride(1) == 1,
-                    "logits rows must be contiguous in the last dim");
+  // Rows may overlap or repeat (stride(0) < V: an expanded batch, as_strided): the kernels
+  // only read them. A width-1 dim has no meaningful stride.
+  TORCH_CHECK_VALUE(base.size(1) <= 1 || base.stride(1) == 1,
+                    "base_logits rows must be contiguous in the last dim (stride(1) == 1)");
+  TORCH_CHECK_VALUE(reward.size(1) <= 1 || reward.stride(1) == 1,
+                    "reward_logits rows must be contiguous in the last dim (stride(1) == 1)");
   TORCH_CHECK_VALUE(vocab_size >= 1 && base.size(1) >= vocab_size && reward.size(1) >= vocab_size,
                     "vocab_size must be in [1, logits width]");
   TORCH_CHECK_VALUE(k >= 1 && k <= vocab_size, "k must be in [1, vocab_size]");
@@ -103,7 +110,11 @@ inline StepOutputs make_step_params(
   out.logprobs = at::empty({B, return_logprobs ? vocab_size : 0}, f32);
   p.tokens = out.tokens.data_ptr<int64_t>();
   p.alpha = out.alpha.data_ptr<float>();
-  p.token_logprobs = out.token_logprobs.data_ptr<float>();
+  if (token_logprob_optional && !return_logprobs) {
+    out.token_logprobs.fill_(std::numeric_limits<float>::quiet_NaN());
+  } else {
+    p.token_logprobs = out.token_logprobs.data_ptr<float>();
+  }
   p.logprobs = return_logprobs ? out.logprobs.data_ptr<float>() : nullptr;
   return out;
 }

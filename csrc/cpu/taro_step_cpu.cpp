@@ -1,100 +1,179 @@
 // The fused TARo decode step on the CPU (../../shared/TARO_SPEC.md), torch-free.
 //
-// One call, one OpenMP parallel region. Per row:
+// Algebra first. With y = x_b + alpha x_r (raw logits), the mixed score is
+// s = lp_b + alpha lp_r = y - (lse_b + alpha lse_r): the log-normalisers are per-row
+// constants, so the pick (argmax, or sampling from softmax(s / T)) and the output log-probs
+// depend on y / T alone. Hence:
 //
-//   pass 1: for both logits rows, per block of kBlock logits: block max, the online-softmax
-//           partial (max m, sum-exp d, entropy term t) and a top-K candidate list guarded
-//           by a running K-th-best threshold, so that after the first few thousand logits
-//           almost every block is skipped by the top-K;
-//   merge:  partials -> log-normalisers, entropies, top-K lists; router MLP -> alpha;
-//   pass 2: per block, the mixed score z = (lp_b + alpha lp_r) / T, its block max, block
-//           sum of exp(z - max) and first argmax, kept in a small [B, blocks] table;
-//   pick:   greedy from the block maxima; sampling walks the block sums in id order and
-//           rescans only the one block where u * total is crossed;
-//   pass 3: only when logprobs are requested, z - logsumexp(z).
+//   GenARM (alpha given): no pass over either row on its own. Greedy without log-probs is one
+//           read of both rows (a fused multiply-add and an argmax, no exp at all); sampling
+//           and log-probs add one exp per token (of y / T).
+//   TARo:   pass 1 reads both rows once: a running max, sum-exp and entropy term (online
+//           softmax, H = log d - t / d with t = sum e^(x-m) (x-m)), and the top-K of the raw
+//           logits behind a threshold filter (a block whose max is below the running K-th
+//           best costs one compare). Then the router MLP gives alpha, and pass 2 is the same
+//           as GenARM's, from cache for small batches.
 //
-// Threads take whole rows when the batch spreads evenly over them (no barrier at all);
-// otherwise (B smaller than, or not a multiple of, the thread count) rows are cut into
-// slices of whole blocks, with per-slice partials merged after a barrier.
+// Pass 2 keeps, per block of kBlock tokens, the max of z = y / T, its first argmax, and (only
+// when sampling or log-probs need it) sum exp(z - block max). Greedy picks from the block
+// maxima; sampling walks the block masses in id order and rescans only the block where
+// u * total is crossed; log-probs (only when asked) are z - logsumexp(z).
 //
-// Inner loops are written for the auto-vectoriser (-O3 -march=native -fno-trapping-math;
-// without the last flag GCC will not if-convert the clamps of the exp and leaves it
-// scalar, about 3x slower): `omp simd` reductions, a polynomial exp over float lanes, and
-// branch-free fp16/bf16 -> fp32 conversion by bit manipulation.
+// Vector code: GCC vector extensions over kLanes floats (one AVX-512 register with
+// -march=native here; the same source compiles to AVX2 or SSE2 sequences elsewhere). bf16
+// and fp16 are widened in registers; exp is a Cephes polynomial with the 2^n scale built in
+// the exponent bits.
+//
+// Threads (thread_pool.h: work claiming, sleeping workers, no spin): whole rows per item
+// when the batch spreads over the threads; otherwise rows are cut into chunks of whole
+// blocks, with one parallel_for per pass and the cheap merge (top-K lists, router) on the
+// calling thread in between. Chunks of one row share their top-K thresholds.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
-#include <numeric>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
-#include <omp.h>
-
 #include "../taro_step.h"
+#include "thread_pool.h"
+
+#define TARO_INLINE inline __attribute__((always_inline))
 
 namespace taro {
 namespace {
 
-constexpr int64_t kBlock = 512;      // logits per block: the unit of passes 1 and 2
-constexpr int64_t kSubBlock = 64;    // top-K threshold check granularity inside a block
-constexpr int64_t kMinItemLogits = 8192;  // below this many logits per thread, use fewer threads
+constexpr int kLanes = 16;
+typedef float VecF __attribute__((vector_size(4 * kLanes)));
+typedef int32_t VecI __attribute__((vector_size(4 * kLanes)));
+typedef uint32_t VecU __attribute__((vector_size(4 * kLanes)));
+typedef uint16_t VecH __attribute__((vector_size(2 * kLanes)));
+
+constexpr int64_t kBlock = 512;           // tokens per block: the unit of both passes
+constexpr int64_t kChunkBlocks = 16;      // blocks per work item when rows are split
+constexpr int64_t kMinItemLogits = 16384;  // below this many logits per thread, use fewer threads
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-// exp(x) for x below this is flushed to 0 (the fp32 result would be denormal).
-constexpr float kExpLowest = -87.33654f;
-// Entropy terms use max(x - m, kEntropyClamp): exp of it is 0 and 0 * it is 0, not NaN at -inf.
-constexpr float kEntropyClamp = -104.0f;
+constexpr VecI kLaneIds = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
 
-inline float bits_to_float(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-
-inline uint32_t float_to_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  return u;
-}
-
-inline float bf16_to_float(uint16_t h) { return bits_to_float(static_cast<uint32_t>(h) << 16); }
-
-// IEEE half -> float without branches (vectorisable). Normal and subnormal halves: place
-// exponent and mantissa in the low float bits and rescale by 2^112; inf/NaN: force the
-// exponent to all ones.
-inline float fp16_to_float(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  const uint32_t magnitude = h & 0x7fffu;
-  uint32_t bits = float_to_bits(bits_to_float(magnitude << 13) * 0x1p112f);
-  bits |= magnitude >= 0x7c00u ? 0x7f800000u : 0u;
-  return bits_to_float(bits | sign);
-}
+TARO_INLINE VecF splat(float x) { return VecF{} + x; }
 
 struct Bf16 { uint16_t bits; };
 struct Fp16 { uint16_t bits; };
-inline float to_float(float x) { return x; }
-inline float to_float(Bf16 x) { return bf16_to_float(x.bits); }
-inline float to_float(Fp16 x) { return fp16_to_float(x.bits); }
 
-// exp(x) in fp32 (Cephes polynomial, about 1 ulp), 0 for x < kExpLowest and for -inf.
-// Inlined into `omp simd` loops, it vectorises; std::exp per element does not.
-inline float exp_poly(float x) {
-  const float xc = std::min(std::max(x, kExpLowest), 88.3762626647949f);
-  const float n = std::nearbyint(xc * 1.44269504088896341f);
-  float r = std::fma(n, -0.693359375f, xc);
-  r = std::fma(n, 2.12194440e-4f, r);
-  float p = 1.9875691500e-4f;
-  p = std::fma(p, r, 1.3981999507e-3f);
-  p = std::fma(p, r, 8.3334519073e-3f);
-  p = std::fma(p, r, 4.1665795894e-2f);
-  p = std::fma(p, r, 1.6666665459e-1f);
-  p = std::fma(p, r, 5.0000001201e-1f);
-  p = std::fma(p * r, r, r) + 1.0f;
-  const int32_t e = static_cast<int32_t>(n);
-  const float scale = bits_to_float(static_cast<uint32_t>(e + 127) << 23);
-  return x < kExpLowest ? 0.0f : p * scale;
+TARO_INLINE VecF widen(VecH h, Bf16*) { return (VecF)(__builtin_convertvector(h, VecU) << 16); }
+
+// IEEE half -> float without branches: place exponent and mantissa in the low float bits and
+// rescale by 2^112 (normal and subnormal halves); inf/NaN: force the exponent to all ones.
+TARO_INLINE VecF widen(VecH h, Fp16*) {
+  const VecU u = __builtin_convertvector(h, VecU);
+  const VecU sign = (u & 0x8000u) << 16;
+  const VecU magnitude = u & 0x7fffu;
+  VecU bits = (VecU)((VecF)(magnitude << 13) * 0x1p112f);
+  bits |= (VecU)(magnitude >= 0x7c00u) & 0x7f800000u;
+  return (VecF)(bits | sign);
 }
+
+// kLanes logits from p, widened to fp32.
+TARO_INLINE VecF load(const float* p) {
+  VecF v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+template <typename T>
+TARO_INLINE VecF load(const T* p) {
+  VecH h;
+  std::memcpy(&h, p, sizeof h);
+  return widen(h, static_cast<T*>(nullptr));
+}
+template <typename T>
+constexpr T neg_inf() {
+  if constexpr (std::is_same_v<T, float>) {
+    return kNegInf;
+  } else {
+    return T{std::is_same_v<T, Bf16> ? uint16_t{0xff80u} : uint16_t{0xfc00u}};
+  }
+}
+
+inline float to_float(float x) { return x; }
+template <typename T>
+inline float to_float(T x) {  // the vector widening, so scalar and vector paths agree
+  VecH h{};
+  h[0] = x.bits;
+  return widen(h, static_cast<T*>(nullptr))[0];
+}
+
+// A block of n <= kBlock logits as whole vectors, so that no inner loop has a partial load:
+// the logits themselves when n is a multiple of kLanes, else a copy into `scratch` padded
+// with -inf (the last block of a row; -inf is neutral for max, exp and argmax). `padded`
+// receives the length rounded up to kLanes.
+template <typename T>
+const T* whole_vectors(const T* src, int64_t n, T* scratch, int64_t& padded) {
+  padded = (n + kLanes - 1) / kLanes * kLanes;
+  if (padded == n) return src;
+  std::memcpy(scratch, src, n * sizeof(T));
+  for (int64_t i = n; i < padded; ++i) scratch[i] = neg_inf<T>();
+  return scratch;
+}
+
+TARO_INLINE float hmax(VecF v) {
+  float m = v[0];
+  for (int i = 1; i < kLanes; ++i) m = std::max(m, v[i]);
+  return m;
+}
+TARO_INLINE float hsum(VecF v) {
+  float s = 0.0f;
+  for (int i = 0; i < kLanes; ++i) s += v[i];
+  return s;
+}
+TARO_INLINE VecF vmax(VecF a, VecF b) { return a > b ? a : b; }
+
+// Max of x[0, padded), padded a multiple of kLanes; four chains hide the max latency.
+template <typename T>
+TARO_INLINE float max_of(const T* x, int64_t padded) {
+  VecF m0 = splat(kNegInf), m1 = m0, m2 = m0, m3 = m0;
+  int64_t i = 0;
+  for (; i + 4 * kLanes <= padded; i += 4 * kLanes) {
+    m0 = vmax(m0, load(x + i));
+    m1 = vmax(m1, load(x + i + kLanes));
+    m2 = vmax(m2, load(x + i + 2 * kLanes));
+    m3 = vmax(m3, load(x + i + 3 * kLanes));
+  }
+  for (; i < padded; i += kLanes) m0 = vmax(m0, load(x + i));
+  return hmax(vmax(vmax(m0, m1), vmax(m2, m3)));
+}
+
+// 2^u for -126 <= u <= 127, about 1e-7 relative: u = n + f with n = round(u) (the 1.5 * 2^23
+// trick, whose low mantissa bits then hold n) and |f| <= 1/2; 2^f by its degree-6 Taylor
+// polynomial; 2^n built in the exponent bits.
+TARO_INLINE VecF vexp2_in_range(VecF u) {
+  const VecF t = u + 12582912.0f;
+  const VecF f = u - (t - 12582912.0f);
+  VecF p = f * 1.5403530393381606e-4f + 1.3333558146428443e-3f;
+  p = p * f + 9.6181291076284772e-3f;
+  p = p * f + 5.5504108664821580e-2f;
+  p = p * f + 2.4022650695910071e-1f;
+  p = p * f + 6.9314718055994531e-1f;
+  p = p * f + 1.0f;
+  const VecI scale = ((VecI)t - (0x4B400000 - 127)) << 23;
+  return p * (VecF)scale;
+}
+
+constexpr float kLog2e = 1.44269504088896341f;
+constexpr float kLn2 = 0.69314718055994531f;
+constexpr float kExp2Lowest = -126.0f;  // 2^u below this is 0 (the fp32 result would be denormal)
+
+// exp(x) for x <= 88; 0 for x < -87.3 (2^-126) and for -inf.
+TARO_INLINE VecF vexp(VecF x) {
+  const VecF u = x * kLog2e;
+  const VecI low = u < kExp2Lowest;
+  const VecF e = vexp2_in_range(low ? splat(kExp2Lowest) : u);
+  return low ? splat(0.0f) : e;
+}
+
+TARO_INLINE float exp_scalar(float x) { return vexp(splat(x))[0]; }
 
 // Online-softmax state of a slice: max m, d = sum exp(x - m), t = sum exp(x - m) (x - m).
 // Empty (or all -inf): m = -inf, d = t = 0.
@@ -130,34 +209,52 @@ inline bool ranks_before(const Candidate& a, const Candidate& b) {
   return a.value > b.value || (a.value == b.value && a.id < b.id);
 }
 
-// Top-K over one slice scanned in increasing id order. Candidates go into a buffer of
-// 2K (at least K + 64); when it fills, nth_element keeps the best K and the K-th value
-// becomes the admission threshold. A later logit equal to the threshold has a higher id
-// than everything kept, so it ranks below the K-th and admission is strict (x > thr).
+// Largest value any chunk of one row has proven to be at most the row's K-th best: the K-th
+// best of a chunk (K values of the row are >= it). Chunks scanning in parallel raise it.
+using SharedThreshold = std::atomic<float>;
+
+void raise_threshold(SharedThreshold* shared, float value) {
+  float cur = shared->load(std::memory_order_relaxed);
+  while (value > cur && !shared->compare_exchange_weak(cur, value, std::memory_order_relaxed)) {
+  }
+}
+
+// Top-K over one slice scanned in increasing id order. Candidates go into a buffer of 2K
+// (at least K + 64); when it fills, nth_element keeps the best K and the K-th value becomes
+// the slice's own threshold. A later logit equal to it has a higher id than everything
+// kept, so admission is strict (x > own). A shared threshold comes from other slices of the
+// row, possibly of lower ids, so a logit equal to it may still rank: admission x >= shared.
 class TopKCollector {
  public:
-  explicit TopKCollector(int k) : k_(k), capacity_(std::max<int64_t>(2 * k, k + 64)) {
+  TopKCollector(int k, SharedThreshold* shared)
+      : k_(k), capacity_(std::max<int64_t>(2 * k, k + 64)), shared_(shared) {
     buf_.reserve(capacity_);
   }
 
-  // Block max `bmax` lets the caller skip blocks that cannot contribute.
-  void offer_block(const float* x, int64_t n, int64_t first_id, float bmax) {
-    if (full_ && !(bmax > threshold_)) return;
-    for (int64_t s = 0; s < n; s += kSubBlock) {
-      const int64_t e = std::min(n, s + kSubBlock);
-      if (full_) {
-        float smax = kNegInf;
-#pragma omp simd reduction(max : smax)
-        for (int64_t i = s; i < e; ++i) smax = std::max(smax, x[i]);
-        if (!(smax > threshold_)) continue;
-      }
-      for (int64_t i = s; i < e; ++i) {
-        if (!full_ || x[i] > threshold_) push({x[i], static_cast<int32_t>(first_id + i)});
+  // x: n logits from id first_id on, readable as whole vectors (whole_vectors).
+  template <typename T>
+  void offer_block(const T* x, int64_t n, int64_t first_id, float block_max) {
+    float shared = shared_ != nullptr ? shared_->load(std::memory_order_relaxed) : kNegInf;
+    if (!admits(block_max, shared)) return;
+    for (int64_t s = 0; s < n; s += 4 * kLanes) {
+      const int64_t e = std::min(n, s + 4 * kLanes);
+      VecF m = splat(kNegInf);
+      for (int64_t i = s; i < e; i += kLanes) m = vmax(m, load(x + i));
+      if (!admits(hmax(m), shared)) continue;
+      for (int64_t v = s; v < e; v += kLanes) {
+        if (!admits(hmax(load(x + v)), shared)) continue;
+        for (int64_t i = v; i < std::min(e, v + kLanes); ++i) {
+          const float value = to_float(x[i]);
+          if (admits(value, shared)) {
+            push({value, static_cast<int32_t>(first_id + i)});
+            if (shared_ != nullptr) shared = std::max(shared, shared_->load(std::memory_order_relaxed));
+          }
+        }
       }
     }
   }
 
-  // The best min(K, seen) candidates, sorted.
+  // The best min(K, admitted) candidates, sorted.
   std::vector<Candidate>& finish() {
     prune();
     std::sort(buf_.begin(), buf_.end(), ranks_before);
@@ -165,6 +262,8 @@ class TopKCollector {
   }
 
  private:
+  bool admits(float value, float shared) const { return (!full_ || value > threshold_) && value >= shared; }
+
   void push(Candidate c) {
     buf_.push_back(c);
     if (static_cast<int64_t>(buf_.size()) == capacity_) prune();
@@ -176,10 +275,12 @@ class TopKCollector {
     buf_.resize(k_);
     threshold_ = buf_[k_ - 1].value;
     full_ = true;
+    if (shared_ != nullptr) raise_threshold(shared_, threshold_);
   }
 
   int64_t k_;
   int64_t capacity_;
+  SharedThreshold* shared_;
   std::vector<Candidate> buf_;
   bool full_ = false;
   float threshold_ = kNegInf;
@@ -191,78 +292,65 @@ struct SlicePartial {
   std::vector<Candidate> topk;  // sorted, at most K
 };
 
-// Per-block results of pass 2.
-struct BlockScore {
-  float max;    // max of z over the block (-inf if every z is -inf)
-  float sum;    // sum exp(z - max)
-  int32_t arg;  // first id in the block with z == max
-};
-
-// The block's share of sum exp(z - zmax), with the same exp as the elements it sums, so a
-// block of positive mass always holds an element of positive probability (its argmax).
-inline double block_mass(const BlockScore& s, float zmax) {
-  return s.sum > 0.0f ? static_cast<double>(s.sum) * static_cast<double>(exp_poly(s.max - zmax)) : 0.0;
-}
-
+// Pass 1 over logits [lo, hi) of one row: the online softmax (one exp per logit, relative to
+// the running max, which rises rarely) and, with a collector, the top-K.
 template <typename T>
-void load_block(const T* src, int64_t n, float* dst) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) dst[i] = to_float(src[i]);
-}
-
-// Pass 1 over logits [lo, hi) of one row: softmax partial and (k > 0) top-K.
-template <typename T>
-SlicePartial scan_row_slice(const T* row, int64_t lo, int64_t hi, int k, float* buf) {
+SlicePartial scan_row_slice(const T* row, int64_t lo, int64_t hi, int k, SharedThreshold* shared) {
   SlicePartial out;
-  TopKCollector topk(std::max(k, 1));
+  TopKCollector topk(std::max(k, 1), shared);
+  alignas(64) T scratch[kBlock];
+  float m = kNegInf, d = 0.0f, t = 0.0f;
   for (int64_t b = lo; b < hi; b += kBlock) {
     const int64_t n = std::min(kBlock, hi - b);
-    const float* x;
-    if constexpr (std::is_same_v<T, float>) {
-      x = row + b;
-    } else {
-      load_block(row + b, n, buf);
-      x = buf;
+    int64_t padded;
+    const T* x = whole_vectors(row + b, n, scratch, padded);
+    const float block_max = max_of(x, padded);
+    if (block_max > m) {
+      if (m != kNegInf) {  // rescale the running sums to the new max (rare in random order)
+        const float c = std::exp(m - block_max);
+        t = c * (t + (m - block_max) * d);
+        d = c * d;
+      }
+      m = block_max;
     }
-    float bmax = kNegInf;
-#pragma omp simd reduction(max : bmax)
-    for (int64_t i = 0; i < n; ++i) bmax = std::max(bmax, x[i]);
-    if (bmax == kNegInf) {
-      // All masked: nothing for the softmax, but the top-K may still need -inf entries.
-      if (k > 0) topk.offer_block(x, n, b, bmax);
-      continue;
+    if (block_max != kNegInf) {
+      // In base 2: u = (x - m) log2(e), e = 2^u, t += e u ln 2. u is clamped where 2^u flushes
+      // to 0, so the entropy term there is 0, not 0 * -inf = NaN at masked tokens.
+      const VecF mv = splat(m * kLog2e);
+      VecF bd = splat(0.0f), bt = splat(0.0f);
+      for (int64_t i = 0; i < padded; i += kLanes) {
+        const VecF u = load(x + i) * kLog2e - mv;
+        const VecI low = u < kExp2Lowest;
+        const VecF uc = low ? splat(kExp2Lowest) : u;
+        const VecF e = low ? splat(0.0f) : vexp2_in_range(uc);
+        bd += e;
+        bt += e * uc;
+      }
+      d += hsum(bd);
+      t += hsum(bt) * kLn2;
     }
-    float d = 0.0f, t = 0.0f;
-#pragma omp simd reduction(+ : d, t)
-    for (int64_t i = 0; i < n; ++i) {
-      const float y = std::max(x[i] - bmax, kEntropyClamp);
-      const float e = exp_poly(y);
-      d += e;
-      t += e * y;
-    }
-    out.stats.merge({bmax, d, t});
-    if (k > 0) topk.offer_block(x, n, b, bmax);
+    if (k > 0) topk.offer_block(x, n, b, block_max);
   }
+  out.stats = {m, d, t};
   if (k > 0) out.topk = std::move(topk.finish());
   return out;
 }
 
-// The mixed score z = (lp_b + alpha lp_r) * inv_t over logits [b, b + n) of one row pair
-// into z. One function for passes 2 and 3 and the sampling rescan, so all three see the
-// same values. The reward term is 0 when alpha == 0 (spec choice: 0 * -inf is not NaN).
+// z = (x_b + alpha x_r) * inv_t for kLanes tokens. The reward term is 0 when alpha == 0
+// (spec choice: 0 * -inf is not NaN). One function for every pass, so all see the same values.
 template <typename T>
-void mixed_block(const T* xb, const T* xr, int64_t n, float lse_b, float lse_r, float alpha,
-                 float inv_t, float* z) {
-  if (alpha == 0.0f) {
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) z[i] = (to_float(xb[i]) - lse_b) * inv_t;
-  } else {
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) {
-      z[i] = ((to_float(xb[i]) - lse_b) + alpha * (to_float(xr[i]) - lse_r)) * inv_t;
-    }
-  }
+TARO_INLINE VecF mixed(const T* xb, const T* xr, float alpha, float inv_t) {
+  const VecF b = load(xb);
+  if (alpha == 0.0f) return b * inv_t;
+  return (b + alpha * load(xr)) * inv_t;
 }
+
+// Per-block results of pass 2.
+struct BlockScore {
+  float max;    // max of z over the block (-inf if every z is -inf)
+  float sum;    // sum exp(z - max) (0 unless masses were asked for)
+  int32_t arg;  // first id in the block with z == max
+};
 
 // Router MLP on one row's features: alpha = alpha_max * sigmoid(w2 . silu(W1 x + b1) + b2).
 float router_alpha(const RouterWeights& w, const std::vector<float>& x) {
@@ -270,10 +358,11 @@ float router_alpha(const RouterWeights& w, const std::vector<float>& x) {
   float u = *w.b2;
   for (int32_t j = 0; j < w.hidden; ++j) {
     const float* wrow = w.w1 + j * in;
-    float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-    for (int64_t i = 0; i < in; ++i) acc += wrow[i] * x[i];
-    const float pre = acc + w.b1[j];
+    VecF acc = splat(0.0f);
+    int64_t i = 0;
+    for (; i + kLanes <= in; i += kLanes) acc += load(wrow + i) * load(x.data() + i);
+    float pre = hsum(acc) + w.b1[j];
+    for (; i < in; ++i) pre += wrow[i] * x[i];
     u += w.w2[j] * (pre / (1.0f + std::exp(-pre)));
   }
   return w.alpha_max / (1.0f + std::exp(-u));
@@ -285,7 +374,12 @@ void append_embedding_rows(const RouterWeights& w, const std::vector<Candidate>&
     const int64_t off = static_cast<int64_t>(c.id) * d;
     if (w.embed_dtype == DType::kBFloat16) {
       const uint16_t* e = static_cast<const uint16_t*>(w.embed) + off;
-      for (int64_t i = 0; i < d; ++i) x.push_back(bf16_to_float(e[i]));
+      for (int64_t i = 0; i < d; ++i) {
+        const uint32_t bits = static_cast<uint32_t>(e[i]) << 16;
+        float f;
+        std::memcpy(&f, &bits, sizeof f);
+        x.push_back(f);
+      }
     } else {
       const float* e = static_cast<const float*>(w.embed) + off;
       x.insert(x.end(), e, e + d);
@@ -295,17 +389,13 @@ void append_embedding_rows(const RouterWeights& w, const std::vector<Candidate>&
 
 // Merge sorted per-slice top-K lists (slices are disjoint id ranges) into the row's top-K.
 std::vector<Candidate> merge_topk(const SlicePartial* parts, int64_t count, int k) {
+  if (count == 1) return parts[0].topk;
   std::vector<Candidate> all;
   for (int64_t c = 0; c < count; ++c) all.insert(all.end(), parts[c].topk.begin(), parts[c].topk.end());
   std::partial_sort(all.begin(), all.begin() + k, all.end(), ranks_before);
   all.resize(k);
   return all;
 }
-
-// What pass 2 and the pick need of a row: both log-normalisers and alpha.
-struct RowState {
-  float lse_b = 0.0f, lse_r = 0.0f, alpha = 0.0f;
-};
 
 // One call of the step for logits element type T (float, Bf16 or Fp16).
 template <typename T>
@@ -316,62 +406,57 @@ class StepRunner {
         batch_(p.batch),
         vocab_(p.vocab_size),
         blocks_((p.vocab_size + kBlock - 1) / kBlock),
-        topk_(!p.use_alpha_override),
-        // With alpha_override == 0 the reward row never enters the score: skip it entirely.
-        needs_reward_(!p.use_alpha_override || p.alpha_override != 0.0f),
+        router_(!p.use_alpha_override),
+        // Sampling and any log-prob need the normaliser of z; a greedy token alone does not.
+        needs_mass_(p.temperature > 0.0f || p.token_logprobs != nullptr || p.logprobs != nullptr),
         inv_t_(p.temperature > 0.0f ? 1.0f / p.temperature : 1.0f),
         base_(static_cast<const T*>(p.base_logits)),
         reward_(static_cast<const T*>(p.reward_logits)) {
-    // No more threads than the work feeds. Whole rows per thread when they spread evenly
-    // (or there are many); otherwise split rows into chunks_per_row = threads / gcd(B,
-    // threads) slices, which makes B * chunks_per_row a multiple of the thread count.
+    // No more threads than the work feeds. Whole rows per item when they spread evenly (or
+    // there are many); otherwise rows are cut into chunks of kChunkBlocks blocks.
     const int64_t by_size = std::max<int64_t>(1, batch_ * vocab_ / kMinItemLogits);
     threads_ = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads, by_size)));
-    const bool whole_rows = batch_ % threads_ == 0 || batch_ >= 4 * threads_;
-    chunks_ = whole_rows ? 1 : std::min<int64_t>(blocks_, threads_ / std::gcd<int64_t>(batch_, threads_));
-    items_ = batch_ * chunks_;
-    part_b_.resize(items_);
-    part_r_.resize(items_);
-    rows_.resize(batch_);
+    const bool whole_rows = threads_ == 1 || batch_ % threads_ == 0 || batch_ >= 4 * threads_;
+    chunks_ = whole_rows ? 1 : (blocks_ + kChunkBlocks - 1) / kChunkBlocks;
+    alpha_.assign(batch_, p.alpha_override);
     scores_.resize(batch_ * blocks_);
+    if (router_) {
+      part_b_.resize(batch_ * chunks_);
+      part_r_.resize(batch_ * chunks_);
+      if (chunks_ > 1) {
+        shared_ = std::vector<SharedThreshold>(2 * batch_);
+        for (SharedThreshold& t : shared_) t.store(kNegInf, std::memory_order_relaxed);
+      }
+    }
   }
 
   void run() {
+    const int64_t items = batch_ * chunks_;
     if (chunks_ == 1) {
-      // Rows are independent: no barrier, and dynamic scheduling lets an idle thread take
-      // the rows of a descheduled one.
-#pragma omp parallel num_threads(threads_)
-      {
-        alignas(64) float scratch[kBlock];
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t row = 0; row < batch_; ++row) {
-          pass1(row, scratch);
-          publish(row, merge_row(row));
-          pass2(row, rows_[row], scratch);
-          pick_row(row, scratch);
-          if (p_.logprobs != nullptr) write_logprobs(row);
+      // Rows are independent: each item is a whole row, start to end.
+      auto row_step = [this](int64_t row) {
+        if (router_) {
+          pass1(row);
+          merge_row(row);
         }
-      }
+        pass2(row);
+        pick_row(row);
+        if (p_.logprobs != nullptr) write_logprobs(row);
+      };
+      cpu::parallel_for(batch_, threads_, row_step);
       return;
     }
-    // Split rows: two barriers. The merge and the router MLP are cheap next to a barrier,
-    // so every slice of a row recomputes them and the row's first slice publishes them.
-#pragma omp parallel num_threads(threads_)
-    {
-      alignas(64) float scratch[kBlock];
-#pragma omp for schedule(static)
-      for (int64_t item = 0; item < items_; ++item) pass1(item, scratch);
-#pragma omp for schedule(static)
-      for (int64_t item = 0; item < items_; ++item) {
-        const RowState state = merge_row(item / chunks_);
-        if (item % chunks_ == 0) publish(item / chunks_, state);
-        pass2(item, state, scratch);
-      }
-#pragma omp for schedule(static)
-      for (int64_t item = 0; item < items_; ++item) {
-        if (item % chunks_ == 0) pick_row(item / chunks_, scratch);
-        if (p_.logprobs != nullptr) write_logprobs(item);
-      }
+    if (router_) {
+      auto pass1_item = [this](int64_t item) { pass1(item); };
+      cpu::parallel_for(items, threads_, pass1_item);
+      for (int64_t row = 0; row < batch_; ++row) merge_row(row);
+    }
+    auto pass2_item = [this](int64_t item) { pass2(item); };
+    cpu::parallel_for(items, threads_, pass2_item);
+    for (int64_t row = 0; row < batch_; ++row) pick_row(row);
+    if (p_.logprobs != nullptr) {
+      auto logprobs_item = [this](int64_t item) { write_logprobs(item); };
+      cpu::parallel_for(items, threads_, logprobs_item);
     }
   }
 
@@ -380,29 +465,44 @@ class StepRunner {
     int64_t row, lo, hi;
   };
 
-  // Work item -> (row, [lo, hi)); slices are whole blocks, in id order within a row.
+  // Work item -> (row, [lo, hi)); chunks are whole blocks, in id order within a row.
   Slice slice(int64_t item) const {
     const int64_t c = item % chunks_;
-    return {item / chunks_, std::min(vocab_, (c * blocks_ / chunks_) * kBlock),
-            std::min(vocab_, ((c + 1) * blocks_ / chunks_) * kBlock)};
+    return {item / chunks_, std::min(vocab_, c * kChunkBlocks * kBlock),
+            chunks_ == 1 ? vocab_ : std::min(vocab_, (c + 1) * kChunkBlocks * kBlock)};
   }
   const T* base_row(int64_t row) const { return base_ + row * p_.base_stride; }
   const T* reward_row(int64_t row) const { return reward_ + row * p_.reward_stride; }
 
-  // z over [lo, lo + n) of one row; see mixed_block.
-  void mixed(int64_t row, const RowState& st, int64_t lo, int64_t n, float* z) const {
-    mixed_block(base_row(row) + lo, reward_row(row) + lo, n, st.lse_b, st.lse_r, st.alpha, inv_t_, z);
+  // z over the block [lo, lo + n) of a row, n <= kBlock: calls each(i, z[i, i + kLanes)) for
+  // i = 0, kLanes, ... below n rounded up to kLanes (lanes past n hold -inf); returns that bound.
+  template <typename F>
+  int64_t for_each_mixed(int64_t row, int64_t lo, int64_t n, F&& each) const {
+    alignas(64) T scratch_b[kBlock];
+    alignas(64) T scratch_r[kBlock];
+    const float a = alpha_[row];
+    int64_t padded;
+    const T* xb = whole_vectors(base_row(row) + lo, n, scratch_b, padded);
+    const T* xr = a != 0.0f ? whole_vectors(reward_row(row) + lo, n, scratch_r, padded) : xb;
+    for (int64_t i = 0; i < padded; i += kLanes) each(i, mixed(xb + i, xr + i, a, inv_t_));
+    return padded;
   }
 
-  void pass1(int64_t item, float* scratch) {
+  // z of one token (the same arithmetic as `mixed`).
+  float mixed_one(int64_t row, int64_t id) const {
+    const float a = alpha_[row], b = to_float(base_row(row)[id]);
+    return (a == 0.0f ? b : b + a * to_float(reward_row(row)[id])) * inv_t_;
+  }
+
+  void pass1(int64_t item) {
     const Slice s = slice(item);
-    const int k = topk_ ? p_.k : 0;
-    part_b_[item] = scan_row_slice(base_row(s.row), s.lo, s.hi, k, scratch);
-    if (needs_reward_) part_r_[item] = scan_row_slice(reward_row(s.row), s.lo, s.hi, k, scratch);
+    SharedThreshold* shared = chunks_ > 1 ? &shared_[2 * s.row] : nullptr;
+    part_b_[item] = scan_row_slice(base_row(s.row), s.lo, s.hi, p_.k, shared);
+    part_r_[item] = scan_row_slice(reward_row(s.row), s.lo, s.hi, p_.k, shared ? shared + 1 : nullptr);
   }
 
   // Slice partials -> the row's log-normalisers, entropies, top-K lists and alpha.
-  RowState merge_row(int64_t row) const {
+  void merge_row(int64_t row) {
     const SlicePartial* pb = &part_b_[row * chunks_];
     const SlicePartial* pr = &part_r_[row * chunks_];
     SoftmaxStats sb, sr;
@@ -410,92 +510,109 @@ class StepRunner {
       sb.merge(pb[c].stats);
       sr.merge(pr[c].stats);
     }
-    RowState st;
-    st.lse_b = sb.log_normaliser();
-    if (needs_reward_) st.lse_r = sr.log_normaliser();
-    st.alpha = p_.alpha_override;
-    if (topk_) {
-      const int k = p_.k;
-      const std::vector<Candidate> top_b = merge_topk(pb, chunks_, k);
-      const std::vector<Candidate> top_r = merge_topk(pr, chunks_, k);
-      const RouterWeights& w = p_.router;
-      std::vector<float> x;
-      x.reserve(router_input_dim(k, w.embed_dim));
-      for (const Candidate& c : top_b) x.push_back(std::max(c.value - st.lse_b, kFeatureLogprobFloor));
-      for (const Candidate& c : top_r) x.push_back(std::max(c.value - st.lse_r, kFeatureLogprobFloor));
-      x.push_back(sb.entropy());
-      x.push_back(sr.entropy());
-      append_embedding_rows(w, top_b, x);
-      append_embedding_rows(w, top_r, x);
-      st.alpha = router_alpha(w, x);
-    }
-    return st;
+    const float lse_b = sb.log_normaliser(), lse_r = sr.log_normaliser();
+    const int k = p_.k;
+    const std::vector<Candidate> top_b = merge_topk(pb, chunks_, k);
+    const std::vector<Candidate> top_r = merge_topk(pr, chunks_, k);
+    const RouterWeights& w = p_.router;
+    std::vector<float> x;
+    x.reserve(router_input_dim(k, w.embed_dim));
+    for (const Candidate& c : top_b) x.push_back(std::max(c.value - lse_b, kFeatureLogprobFloor));
+    for (const Candidate& c : top_r) x.push_back(std::max(c.value - lse_r, kFeatureLogprobFloor));
+    x.push_back(sb.entropy());
+    x.push_back(sr.entropy());
+    append_embedding_rows(w, top_b, x);
+    append_embedding_rows(w, top_r, x);
+    alpha_[row] = router_alpha(w, x);
   }
 
-  void publish(int64_t row, const RowState& st) {
-    rows_[row] = st;
-    p_.alpha[row] = st.alpha;
-  }
-
-  // Per block: max of z, sum exp(z - max) and the first argmax.
-  void pass2(int64_t item, const RowState& st, float* z) {
+  // Per block of the item: max of z, its first argmax and (needs_mass_) sum exp(z - max).
+  void pass2(int64_t item) {
     const Slice s = slice(item);
+    alignas(64) float z[kBlock];
     for (int64_t lo = s.lo; lo < s.hi; lo += kBlock) {
       const int64_t n = std::min(kBlock, s.hi - lo);
-      mixed(s.row, st, lo, n, z);
-      float zmax = kNegInf;
-#pragma omp simd reduction(max : zmax)
-      for (int64_t i = 0; i < n; ++i) zmax = std::max(zmax, z[i]);
-      float sum = 0.0f;
-      int64_t arg = 0;
-      if (zmax != kNegInf) {
-#pragma omp simd reduction(+ : sum)
-        for (int64_t i = 0; i < n; ++i) sum += exp_poly(z[i] - zmax);
-        while (z[arg] != zmax) ++arg;
+      VecF best = splat(kNegInf);
+      VecI arg = kLaneIds;
+      const int64_t padded = for_each_mixed(s.row, lo, n, [&](int64_t i, VecF v) {
+        if (needs_mass_) std::memcpy(z + i, &v, sizeof v);
+        const VecI better = v > best;  // strict: the lowest id of each lane wins ties
+        best = better ? v : best;
+        arg = better ? kLaneIds + static_cast<int32_t>(i) : arg;
+      });
+      const float bmax = hmax(best);
+      int32_t first = static_cast<int32_t>(n);
+      for (int l = 0; l < kLanes; ++l) {
+        if (best[l] == bmax) first = std::min(first, arg[l]);
       }
-      scores_[s.row * blocks_ + lo / kBlock] = {zmax, sum, static_cast<int32_t>(lo + arg)};
+      if (first >= n) first = 0;  // all -inf
+      float sum = 0.0f;
+      if (needs_mass_ && bmax != kNegInf) {
+        VecF acc = splat(0.0f);
+        const VecF mv = splat(bmax);
+        for (int64_t i = 0; i < padded; i += kLanes) acc += vexp(load(z + i) - mv);
+        sum = hsum(acc);
+      }
+      scores_[s.row * blocks_ + lo / kBlock] = {bmax, sum, static_cast<int32_t>(lo + first)};
     }
   }
 
-  // max z and sum exp(z - max z) of a row, from its block scores.
-  std::pair<float, double> normaliser(int64_t row) const {
+  // The block's share of sum exp(z - zmax), with the exp the rescan uses, so a block of
+  // positive mass always holds a token of positive probability (its argmax).
+  static double block_mass(const BlockScore& s, float zmax) {
+    return s.sum > 0.0f ? static_cast<double>(s.sum) * static_cast<double>(exp_scalar(s.max - zmax)) : 0.0;
+  }
+
+  float row_max(int64_t row) const {
     const BlockScore* sc = &scores_[row * blocks_];
     float zmax = kNegInf;
     for (int64_t b = 0; b < blocks_; ++b) zmax = std::max(zmax, sc[b].max);
+    return zmax;
+  }
+
+  // logsumexp(z) of a row from its block scores.
+  float log_normaliser(int64_t row) const {
+    const BlockScore* sc = &scores_[row * blocks_];
+    const float zmax = row_max(row);
     double total = 0.0;
     for (int64_t b = 0; b < blocks_; ++b) total += block_mass(sc[b], zmax);
-    return {zmax, total};
+    return zmax + static_cast<float>(std::log(total));
   }
 
-  static float log_normaliser(const std::pair<float, double>& zn) {
-    return zn.first + static_cast<float>(std::log(zn.second));
-  }
-
-  // Token and its log-prob for one row.
-  void pick_row(int64_t row, float* z) {
+  // Token, alpha and (when asked) the token's log-prob for one row.
+  void pick_row(int64_t row) {
     const BlockScore* sc = &scores_[row * blocks_];
-    const RowState& st = rows_[row];
-    const auto zn = normaliser(row);
+    const float zmax = row_max(row);
     int64_t token = 0;
     if (p_.temperature == 0.0f) {
       // Ties to the lowest id: the first block reaching the max holds it.
       int64_t b = 0;
-      while (b + 1 < blocks_ && sc[b].max != zn.first) ++b;
+      while (b + 1 < blocks_ && sc[b].max != zmax) ++b;
       token = sc[b].arg;
     } else {
-      token = sample(row, sc, zn.first, static_cast<double>(p_.uniform[row]) * zn.second, z);
+      double total = 0.0;
+      for (int64_t b = 0; b < blocks_; ++b) total += block_mass(sc[b], zmax);
+      token = sample(row, sc, zmax, static_cast<double>(p_.uniform[row]) * total);
     }
-    mixed(row, st, token, 1, z);
     p_.tokens[row] = token;
-    p_.token_logprobs[row] = z[0] - log_normaliser(zn);
+    p_.alpha[row] = alpha_[row];
+    if (p_.token_logprobs != nullptr) p_.token_logprobs[row] = mixed_one(row, token) - log_normaliser(row);
   }
 
   // Smallest id whose inclusive prefix sum of p = exp(z - zmax) exceeds `threshold`; if
   // rounding leaves none, the last id with p > 0. Block masses locate the block; only that
-  // block is recomputed and scanned, accumulating in double element by element, so the
-  // returned id always has p > 0 and lies below V.
-  int64_t sample(int64_t row, const BlockScore* sc, float zmax, double threshold, float* z) const {
-    const RowState& st = rows_[row];
+  // block is recomputed and scanned, accumulating in double token by token, so the returned
+  // id always has p > 0 and lies below V.
+  int64_t sample(int64_t row, const BlockScore* sc, float zmax, double threshold) const {
+    alignas(64) float p[kBlock];
+    auto block_probs = [&](int64_t b) {
+      const int64_t lo = b * kBlock, n = std::min(kBlock, vocab_ - lo);
+      for_each_mixed(row, lo, n, [&](int64_t i, VecF v) {
+        const VecF e = vexp(v - zmax);
+        std::memcpy(p + i, &e, sizeof e);
+      });
+      return n;
+    };
     double cum = 0.0;
     int64_t last_positive_block = -1;
     for (int64_t b = 0; b < blocks_; ++b) {
@@ -506,54 +623,52 @@ class StepRunner {
         cum += mass;
         continue;
       }
-      const int64_t lo = b * kBlock, n = std::min(kBlock, vocab_ - lo);
-      mixed(row, st, lo, n, z);
+      const int64_t n = block_probs(b);
       for (int64_t i = 0; i < n; ++i) {
-        const float p = exp_poly(z[i] - zmax);
-        cum += p;
-        if (p > 0.0f && cum > threshold) return lo + i;
+        cum += p[i];
+        if (p[i] > 0.0f && cum > threshold) return b * kBlock + i;
       }
     }
     if (last_positive_block < 0) return 0;  // no finite score at all (possible only unchecked)
-    const int64_t lo = last_positive_block * kBlock, n = std::min(kBlock, vocab_ - lo);
-    mixed(row, st, lo, n, z);
-    int64_t i = n - 1;
-    while (i > 0 && !(exp_poly(z[i] - zmax) > 0.0f)) --i;
-    return lo + i;
+    int64_t i = block_probs(last_positive_block) - 1;
+    while (i > 0 && !(p[i] > 0.0f)) --i;
+    return last_positive_block * kBlock + i;
   }
 
   // logprobs = z - logsumexp(z), straight into the output row.
   void write_logprobs(int64_t item) const {
     const Slice s = slice(item);
-    const float norm = log_normaliser(normaliser(s.row));
+    const float norm = log_normaliser(s.row);
     float* out = p_.logprobs + s.row * vocab_;
     for (int64_t lo = s.lo; lo < s.hi; lo += kBlock) {
       const int64_t n = std::min(kBlock, s.hi - lo);
-      mixed(s.row, rows_[s.row], lo, n, out + lo);
-#pragma omp simd
-      for (int64_t i = lo; i < lo + n; ++i) out[i] -= norm;
+      for_each_mixed(s.row, lo, n, [&](int64_t i, VecF v) {
+        const VecF lp = v - norm;
+        std::memcpy(out + lo + i, &lp, sizeof(float) * std::min<int64_t>(kLanes, n - i));
+      });
     }
   }
 
   const StepParams& p_;
   const int64_t batch_, vocab_, blocks_;
-  const bool topk_, needs_reward_;
+  const bool router_, needs_mass_;
   const float inv_t_;
   const T* base_;
   const T* reward_;
   int threads_ = 1;
-  int64_t chunks_ = 1, items_ = 0;
-  std::vector<SlicePartial> part_b_, part_r_;  // [B * chunks]
-  std::vector<RowState> rows_;  // [B]
-  std::vector<BlockScore> scores_;  // [B, blocks]
+  int64_t chunks_ = 1;
+  std::vector<float> alpha_;                   // [B]
+  std::vector<SlicePartial> part_b_, part_r_;  // [B * chunks] (router only)
+  std::vector<SharedThreshold> shared_;        // [B, 2] top-K thresholds (split rows only)
+  std::vector<BlockScore> scores_;             // [B, blocks]
 };
 
 bool params_valid(const StepParams& p) {
   if (p.batch < 0 || p.vocab_size < 1 || p.vocab_size > std::numeric_limits<int32_t>::max()) return false;
   if (p.batch == 0) return true;
-  if (!p.base_logits || !p.reward_logits || !p.tokens || !p.alpha || !p.token_logprobs) return false;
-  if (p.base_stride < p.vocab_size && p.batch > 1) return false;
-  if (p.reward_stride < p.vocab_size && p.batch > 1) return false;
+  if (!p.base_logits || !p.reward_logits || !p.tokens || !p.alpha) return false;
+  // Rows may overlap (stride 0 for a broadcast batch): the kernel only reads them.
+  if (p.base_stride < 0 || p.reward_stride < 0) return false;
   if (!(p.temperature >= 0.0f) || (p.temperature > 0.0f && !p.uniform)) return false;
   if (p.use_alpha_override) return p.alpha_override >= 0.0f;
   const RouterWeights& w = p.router;
@@ -566,7 +681,7 @@ bool params_valid(const StepParams& p) {
 int taro_step_cpu(const StepParams& params, int num_threads) {
   if (!params_valid(params)) return 1;
   if (params.batch == 0) return 0;
-  const int threads = num_threads > 0 ? num_threads : omp_get_max_threads();
+  const int threads = num_threads > 0 ? num_threads : static_cast<int>(std::thread::hardware_concurrency());
   switch (params.logits_dtype) {
     case DType::kFloat32: StepRunner<float>(params, threads).run(); return 0;
     case DType::kBFloat16: StepRunner<Bf16>(params, threads).run(); return 0;
