@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..evaluation.datasets import EVAL_TASKS
+from .args import CliError, device, directory_to_write, positive_int
 
 
 def add_commands(subparsers) -> None:
@@ -15,19 +16,20 @@ def add_commands(subparsers) -> None:
     p.add_argument("--task", required=True, choices=EVAL_TASKS)
     p.add_argument("--methods", default="base,genarm:0.5,genarm:1,genarm:2,taro",
                    help="comma-separated: base, genarm:ALPHA, taro")
-    p.add_argument("--limit", type=int, default=None, help="first N items (synthetic: N generated items, default 200)")
+    p.add_argument("--limit", type=positive_int, default=None,
+                   help="first N items (synthetic: N generated items, default 200)")
     p.add_argument("--data", default=None, help="data file (default: ../shared/data/<the task's file>)")
     p.add_argument("--base", default="smollm2", help="base model: 'smollm2' or a checkpoint directory")
     p.add_argument("--reward", default=None, help="reward model checkpoint directory (genarm and taro)")
     p.add_argument("--router", default=None, help="router directory (taro)")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=positive_int, default=256)
+    p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--no-chat", action="store_true", help="feed the prompt as plain text, not through the chat template")
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     p.add_argument("--backend", default="auto", help="decode-step backend: auto, torch, cpu, triton, cuda")
-    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--device", type=device, default=None, help="default: cuda when available, else cpu")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
-    p.add_argument("--out", default="eval_results", help="output directory")
+    p.add_argument("--out", type=directory_to_write, default="eval_results", help="output directory")
     p.add_argument("--stem", default=None, help="output file stem (default: eval_<task>)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_run_eval)
@@ -45,9 +47,9 @@ def _run_eval(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype)
     if any(m.mode != "base" for m in methods) and args.reward is None:
-        raise SystemExit("--reward is required for genarm and taro methods")
+        raise CliError("--reward is required for genarm and taro methods")
     if any(m.mode == "taro" for m in methods) and args.router is None:
-        raise SystemExit("--router is required for the taro method")
+        raise CliError("--router is required for the taro method")
     items = load_items(args.task, args.data, args.limit)
     base, tokenizer = load_model(args.base, dtype=dtype, device=device)
     reward = load_model(args.reward, dtype=dtype, device=device)[0] if args.reward else None
