@@ -95,8 +95,8 @@ def _json_kind(value) -> str:
 
 
 def read_records(path: str) -> list[Record]:
-    """The objects of a JSON file holding a list, or of a JSONL file (one object per line,
-    blank lines skipped). UTF-8, with or without a byte-order mark. Every error is a
+    """The objects of a ``.json`` file holding a list, or of a ``.jsonl`` file (one object per
+    line, blank lines skipped). UTF-8, with or without a byte-order mark. Every error is a
     ``DataError`` naming the file and the line."""
     if not os.path.isfile(path):
         what = "a directory, not a data file" if os.path.isdir(path) else "no data file"
@@ -109,7 +109,16 @@ def read_records(path: str) -> list[Record]:
         line = raw.count(b"\n", 0, e.start) + 1
         raise DataError(f"{path}:{line}: not UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}); save the file "
                         f"as UTF-8") from None
-    if text.lstrip().startswith("["):
+    # The extension decides (a .jsonl line may itself be a list: an error, not a JSON file);
+    # another extension is a JSON list when it starts with "[".
+    as_list = path.endswith(".json") or (not path.endswith(".jsonl") and text.lstrip().startswith("["))
+    if as_list and not text.lstrip().startswith("["):
+        try:
+            kind = _json_kind(json.loads(text))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg}, column {e.colno})") from None
+        raise DataError(f"{path}:1: a .json data file holds a list of JSON objects, got {kind}")
+    if as_list:
         values = _json_list_values(path, text)
     else:
         values = []

@@ -60,7 +60,9 @@ def test_line_separators_inside_strings_are_not_line_breaks(tmp_path):
     ("bad.json", '[{"a": 1}]\n[{"a": 2}]\n', r"bad\.json:2: invalid JSON \(extra data"),
     ("list.jsonl", json.dumps(GSM) + "\n" + json.dumps([GSM]) + "\n", r"list\.jsonl:2: .*JSON object, got a list"),
     ("num.json", json.dumps([GSM, 7]), r"num\.json:1: .*JSON object, got a number"),
-    ("obj.json", json.dumps({"records": [GSM]}, indent=2), r"obj\.json:1: invalid JSON"),
+    ("obj.json", json.dumps({"records": [GSM]}, indent=2), r"obj\.json:1: .* list of JSON objects, got an object"),
+    ("list.jsonl", json.dumps([GSM]) + "\n", r"list\.jsonl:1: .*JSON object, got a list"),
+    ("cut.json", '[\n  {"a": 1},\n  {"a": ', r"cut\.json:3: invalid JSON"),
     ("latin1.jsonl", (json.dumps(GSM) + "\n").encode() + '{"question": "caf\xe9"}\n'.encode("latin-1"),
      r"latin1\.jsonl:2: not UTF-8 \(byte 0xe9 at offset \d+\)"),
 ])

@@ -110,5 +110,4 @@ def test_eval_cli_end_to_end(tiny_setup, tmp_path):
     with open(out / "eval_synthetic.json") as f:
         saved = json.load(f)
     assert saved["methods"] == ["base", "genarm:2", "taro"] and saved["config"]["limit"] == 2
-    with pytest.raises(SystemExit):
-        main(["eval", "--task", "synthetic", "--methods", "taro", "--base", str(tmp_path / "base")])
+    assert main(["eval", "--task", "synthetic", "--methods", "taro", "--base", str(tmp_path / "base")]) == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..evaluation.datasets import EVAL_TASKS
+from .args import CliError, device, directory_to_write, positive_int
 
 
 def add_commands(subparsers) -> None:
@@ -15,20 +16,21 @@ def add_commands(subparsers) -> None:
     p.add_argument("--task", required=True, choices=EVAL_TASKS)
     p.add_argument("--methods", default="base,genarm:0.5,genarm:1,genarm:2,taro",
                    help="comma-separated: base, genarm:ALPHA, taro, taro-full")
-    p.add_argument("--limit", type=int, default=None, help="first N items (synthetic: N generated items, default 200)")
+    p.add_argument("--limit", type=positive_int, default=None,
+                   help="first N items (synthetic: N generated items, default 200)")
     p.add_argument("--data", default=None, help="data file (default: ../shared/data/<the task's file>)")
     p.add_argument("--base", default="smollm2", help="base model: 'smollm2' or a checkpoint directory")
     p.add_argument("--reward", default=None, help="reward model checkpoint directory (genarm and taro)")
     p.add_argument("--router", default=None, help="router directory (taro)")
     p.add_argument("--full-router", default=None, help="full-logits router directory (taro-full)")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=positive_int, default=256)
+    p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--no-chat", action="store_true", help="feed the prompt as plain text, not through the chat template")
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     p.add_argument("--backend", default="auto", help="decode-step backend: auto, torch, cpu, triton, cuda")
-    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--device", type=device, default=None, help="default: cuda when available, else cpu")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
-    p.add_argument("--out", default="eval_results", help="output directory")
+    p.add_argument("--out", type=directory_to_write, default="eval_results", help="output directory")
     p.add_argument("--stem", default=None, help="output file stem (default: eval_<task>)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_run_eval)
@@ -40,19 +42,32 @@ def add_commands(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--task", required=True, choices=("alpaca_eval", "medqa", "medxpertqa"))
     p.add_argument("--methods", default="base,genarm:0.5,genarm:1,genarm:2,taro")
-    p.add_argument("--limit", type=int, default=None, help="first N items")
+    p.add_argument("--limit", type=positive_int, default=None, help="first N items")
     p.add_argument("--data", default=None, help="data file (default: ../shared/data/<the task's file>)")
     p.add_argument("--base", default="smollm2")
     p.add_argument("--reward", default=None)
     p.add_argument("--router", default=None)
     p.add_argument("--full-router", default=None)
-    p.add_argument("--max-length", type=int, default=512, help="tokens per scored text (context cut on the left)")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--max-length", type=positive_int, default=512, help="tokens per scored text (context cut on the left)")
+    p.add_argument("--batch-size", type=positive_int, default=4)
     p.add_argument("--no-chat", action="store_true")
-    p.add_argument("--out", default="eval_results")
+    p.add_argument("--out", type=directory_to_write, default="eval_results")
     p.add_argument("--stem", default=None, help="output file stem (default: likelihood_<task>)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_run_likelihood)
+
+
+def _router_dirs(args) -> dict:
+    return {"taro": args.router, "taro-full": args.full_router}
+
+
+def _check_models_given(methods, args) -> None:
+    """Before minutes of model loading: every method has the models it needs."""
+    if any(m.mode != "base" for m in methods) and args.reward is None:
+        raise CliError("--reward is required for genarm and taro methods")
+    for m in methods:
+        if m.mode == "taro" and _router_dirs(args)[m.name] is None:
+            raise CliError(f"--{'router' if m.name == 'taro' else 'full-router'} is required for the {m.name} method")
 
 
 def _run_eval(args) -> int:
@@ -66,10 +81,7 @@ def _run_eval(args) -> int:
     methods = parse_methods(args.methods)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype)
-    if any(m.mode != "base" for m in methods) and args.reward is None:
-        raise SystemExit("--reward is required for genarm and taro methods")
-    if any(m.mode == "taro" for m in methods) and args.router is None:
-        raise SystemExit("--router is required for the taro method")
+    _check_models_given(methods, args)
     items = load_items(args.task, args.data, args.limit)
     base, tokenizer = load_model(args.base, dtype=dtype, device=device)
     reward = load_model(args.reward, dtype=dtype, device=device)[0] if args.reward else None
@@ -99,15 +111,10 @@ def _run_likelihood(args) -> int:
     from ..router import load_router
 
     methods = parse_methods(args.methods)
+    _check_models_given(methods, args)
     base, tokenizer = load_model(args.base)
     reward = load_model(args.reward)[0] if args.reward else None
-    if any(m.mode != "base" for m in methods) and reward is None:
-        raise SystemExit("--reward is required for genarm and taro methods")
-    routers = {"taro": load_router(args.router) if args.router else None,
-               "taro-full": load_router(args.full_router) if args.full_router else None}
-    for m in methods:
-        if m.mode == "taro" and routers[m.name] is None:
-            raise SystemExit(f"--{'router' if m.name == 'taro' else 'full-router'} is required for {m.name}")
+    routers = {name: load_router(d) if d else None for name, d in _router_dirs(args).items()}
     records = read_records(args.data or default_path(args.task))[:args.limit]
     if args.task == "alpaca_eval":
         score, rows = likelihood.alpaca_nll, [{k: r.text(k) for k in ("instruction", "output")} for r in records]

@@ -12,6 +12,8 @@ import os
 import sys
 import time
 
+from .args import CliError, device, file_to_write, non_negative_float, non_negative_int, positive_int
+
 # The demo's reward model (LoRA adapters over SmolLM2) and router, trained with the README's
 # recipe and shipped with the package (a few MB), so the demo runs from a fresh clone.
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
@@ -32,10 +34,10 @@ MATH_CLASSES = ("digit", "operator")
 def _add_decode_args(p: argparse.ArgumentParser, *, max_new_tokens: int) -> None:
     p.add_argument("--backend", default="auto", help="taro_step backend: auto, torch, cpu, triton, cuda")
     p.add_argument("--cache", choices=("dynamic", "static"), default="dynamic", help="KV cache kind")
-    p.add_argument("--device", default="cpu", help="device for the models and the step (e.g. cpu, cuda:0)")
-    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampling stream")
+    p.add_argument("--device", type=device, default="cpu", help="device for the models and the step (e.g. cpu, cuda:0)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=max_new_tokens)
+    p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the sampling stream")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -43,7 +45,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reward", help="reward model: checkpoint directory or 'smollm2' (needed unless --mode base)")
     p.add_argument("--router", help="router directory (save_pretrained); needed for --mode taro")
     p.add_argument("--mode", choices=("taro", "genarm", "base"), default="taro")
-    p.add_argument("--alpha", type=float, default=1.0, help="GenARM's fixed alpha (--mode genarm)")
+    p.add_argument("--alpha", type=non_negative_float, default=1.0, help="GenARM's fixed alpha (--mode genarm)")
     p.add_argument("--prompt", action="append", required=True, help="a prompt; repeat for a batch")
     p.add_argument("--chat", action="store_true", help="wrap each prompt in the tokenizer's chat template")
     p.add_argument("--stop", action="append", help="stop string; repeatable")
@@ -58,7 +60,7 @@ def add_commands(subparsers) -> None:
 
     p = subparsers.add_parser("explain", help="generate and write an HTML page shading each token by its alpha")
     _add_model_args(p)
-    p.add_argument("--out", default="taro_explain.html", help="HTML file to write")
+    p.add_argument("--out", type=file_to_write, default="taro_explain.html", help="HTML file to write")
     p.set_defaults(func=_explain)
 
     p = subparsers.add_parser("demo", help="end-to-end demo on SmolLM2-135M-Instruct: base vs GenARM vs TARo")
@@ -68,8 +70,8 @@ def add_commands(subparsers) -> None:
     p.add_argument("--router", default=_bundled(DEMO_ROUTER),
                    help="trained router directory (default: the router shipped in taro_ext/assets, else a "
                         "seeded random TopKRouter)")
-    p.add_argument("--alpha", type=float, default=1.0, help="GenARM's fixed alpha")
-    p.add_argument("--out", default="taro_demo.html", help="explain page of the TARo run")
+    p.add_argument("--alpha", type=non_negative_float, default=1.0, help="GenARM's fixed alpha")
+    p.add_argument("--out", type=file_to_write, default="taro_demo.html", help="explain page of the TARo run")
     _add_decode_args(p, max_new_tokens=96)
     p.set_defaults(func=_demo)
 
@@ -103,7 +105,7 @@ def _load(args):
     reward = reward_tokenizer = router = None
     if args.mode != "base":
         if args.reward is None:
-            raise SystemExit(f"--mode {args.mode} needs --reward")
+            raise CliError(f"--mode {args.mode} needs --reward")
         if args.reward == args.base:
             reward, reward_tokenizer = base, tokenizer
         else:
@@ -111,7 +113,7 @@ def _load(args):
             reward, reward_tokenizer = load_model(args.reward, device=args.device)
     if args.mode == "taro":
         if args.router is None:
-            raise SystemExit("--mode taro needs --router")
+            raise CliError("--mode taro needs --router")
         router = load_router(args.router, map_location=args.device)
     return base, reward, router, tokenizer, reward_tokenizer
 

@@ -11,6 +11,8 @@ import json
 import os
 import time
 
+from .args import CliError, directory_to_write, non_negative_int, positive_int
+
 DATA_SOURCES = ("gsm8k", "math", "synthetic", "arithmetic")
 
 
@@ -26,17 +28,18 @@ def _add_data_args(p, what):
     p.add_argument("--source", choices=DATA_SOURCES, default="gsm8k",
                    help=f"where the {what} come from (GSM8K/MATH train solutions, or synthetic arithmetic)")
     p.add_argument("--data-path", default=None, help="GSM8K/MATH JSONL file (default: ../shared/data train set)")
-    p.add_argument("--num-train", type=int, default=256, help=f"number of training {what}")
-    p.add_argument("--num-val", type=int, default=64, help=f"held-out {what} evaluated after training")
+    p.add_argument("--num-train", type=positive_int, default=256, help=f"number of training {what}")
+    p.add_argument("--num-val", type=non_negative_int, default=64, help=f"held-out {what} evaluated after training")
     p.add_argument("--chat", action="store_true", help="wrap prompts in the tokenizer's chat template")
-    p.add_argument("--max-length", type=int, default=512, help="tokens per sequence (context is cut on the left)")
+    p.add_argument("--max-length", type=positive_int, default=512,
+                   help="tokens per sequence (context is cut on the left)")
 
 
 def _add_optim_args(p, lr):
     from ..training import TrainConfig
 
     d = TrainConfig()
-    p.add_argument("--output", required=True, help="output directory")
+    p.add_argument("--output", type=directory_to_write, required=True, help="output directory")
     p.add_argument("--lr", type=float, default=lr)
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch (all processes)")
     p.add_argument("--micro-batch-size", type=int, default=d.micro_batch_size, help="items per forward pass")
@@ -64,7 +67,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--nll-weight", type=float, default=0.0,
                    help="add this times the chosen step's per-token NLL to the pair loss")
     p.add_argument("--beta", type=float, default=0.05, help="ARM loss beta (GenARM: 0.05 to 0.1)")
-    p.add_argument("--lora-rank", type=int, default=16, help="LoRA rank; 0 fine-tunes every weight")
+    p.add_argument("--lora-rank", type=non_negative_int, default=16, help="LoRA rank; 0 fine-tunes every weight")
     p.add_argument("--lora-alpha", type=int, default=32)
     p.add_argument("--gradient-checkpointing", action="store_true")
     _add_optim_args(p, lr=5e-4)
@@ -74,11 +77,11 @@ def add_commands(subparsers) -> None:
     _add_model_args(p, ["base", "reward"])
     _add_data_args(p, "solutions")
     p.add_argument("--design", choices=("topk", "full"), default="topk")
-    p.add_argument("--k", type=int, default=16)
-    p.add_argument("--embed-dim", type=int, default=16)
-    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--k", type=positive_int, default=16)
+    p.add_argument("--embed-dim", type=positive_int, default=16)
+    p.add_argument("--hidden", type=positive_int, default=64)
     p.add_argument("--alpha-max", type=float, default=2.0)
-    p.add_argument("--cache", default=None,
+    p.add_argument("--cache", type=_cache_location, default=None,
                    help="keep the frozen models' logits: 'memory' or a directory (small sets)")
     p.add_argument("--examples", default=None, metavar="JSONL",
                    help="(prompt, completion[, domain]) records (instead of --source); the last --num-val "
@@ -97,6 +100,11 @@ def add_commands(subparsers) -> None:
     p.add_argument("--general-samples", type=int, default=2, help="sampled base answers per general instruction")
     p.add_argument("--max-new-tokens", type=int, default=160, help="length of the base's general answers")
     p.set_defaults(func=_make_data)
+
+
+def _cache_location(value: str) -> str:
+    """``memory`` or a directory (created when missing), never an existing file."""
+    return value if value == "memory" else directory_to_write(value)
 
 
 def _config(args):
@@ -152,7 +160,7 @@ def _train_reward(args) -> int:
         pairs = data.step_pairs(_solutions(args, 2 * (args.num_train + args.num_val)), seed=args.seed,
                                 limit=args.num_train + args.num_val)
     if len(pairs) <= args.num_val:
-        raise ValueError(f"--num-val={args.num_val} leaves no training pairs out of {len(pairs)}")
+        raise CliError(f"--num-val={args.num_val} leaves no training pairs out of {len(pairs)}")
     train, val = pairs[:len(pairs) - args.num_val][:args.num_train], pairs[len(pairs) - args.num_val:]
     lora = LoraSettings(rank=args.lora_rank, alpha=args.lora_alpha) if args.lora_rank > 0 else None
     trainer = ArmTrainer(model, tokenizer, train, beta=args.beta, config=config, lora=lora, chat=args.chat,
@@ -213,7 +221,7 @@ def _train_router(args) -> int:
         records = [{"prompt": s.question, "completion": s.text} for s in solutions]
     examples = [(data.render_prompt(r["prompt"], tokenizer, args.chat), r["completion"]) for r in records]
     if len(examples) <= args.num_val:
-        raise ValueError(f"--num-val={args.num_val} leaves no training examples out of {len(examples)}")
+        raise CliError(f"--num-val={args.num_val} leaves no training examples out of {len(examples)}")
     n_train = len(examples) - args.num_val
     train, val = examples[:n_train], examples[n_train:]
     torch.manual_seed(args.seed)
