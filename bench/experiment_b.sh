@@ -8,14 +8,16 @@
 #   alpaca_eval out of domain: per-token NLL of the AlpacaEval reference outputs (teacher-forced)
 #   medqa       out of domain: MedQA accuracy by option log-likelihood
 # Settings come from the environment (defaults shown):
-#   PARTS="arithmetic reward alpaca_eval medqa gsm8k" LIMIT=200 GSM8K_LIMIT=100 MAX_NEW_TOKENS=128
+#   PARTS="arithmetic reward alpaca_eval medqa gsm8k" LIMIT=200 OOD_LIMIT=100 GSM8K_LIMIT=100 MAX_NEW_TOKENS=128
 #   GSM8K_METHODS=base,genarm:1,taro REWARD=taro_ext/assets/smollm2_reward
 #   ROUTER=taro_ext/assets/smollm2_router FULL_ROUTER=recipe_out/router_full OUT=bench/results/experiment_b
-# Writes $OUT/<part>.{json,md[,png]} and appends each part's settings and wall time to $OUT/run_log.txt.
+# Writes $OUT/<part>.{json,md[,png]} and appends each part's settings and wall time to $OUT/run_log.txt;
+# then `python bench/experiment_b_report.py $OUT > $OUT.md` writes the summary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PARTS=${PARTS:-arithmetic reward alpaca_eval medqa gsm8k}
 LIMIT=${LIMIT:-200}
+OOD_LIMIT=${OOD_LIMIT:-100}
 GSM8K_LIMIT=${GSM8K_LIMIT:-100}
 MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-128}
 REWARD=${REWARD:-taro_ext/assets/smollm2_reward}
@@ -36,7 +38,7 @@ for PART in $PARTS; do
                   --max-new-tokens "$MAX_NEW_TOKENS" --batch-size 50 --out "$OUT" --stem arithmetic_reward_model --no-progress ;;
     gsm8k)      $PY -m taro_ext.cli eval --task gsm8k --limit "$GSM8K_LIMIT" --methods "$GSM8K_METHODS" "${MODELS[@]}" \
                   --max-new-tokens 256 --batch-size 50 --out "$OUT" --stem gsm8k --no-progress ;;
-    alpaca_eval|medqa) $PY -m taro_ext.cli eval-likelihood --task "$PART" --limit "$LIMIT" --methods "$METHODS" \
+    alpaca_eval|medqa) $PY -m taro_ext.cli eval-likelihood --task "$PART" --limit "$OOD_LIMIT" --methods "$METHODS" \
                   "${MODELS[@]}" --max-length 384 --batch-size 8 --out "$OUT" --stem "$PART" --no-progress ;;
     *) echo "unknown part $PART"; exit 2 ;;
   esac

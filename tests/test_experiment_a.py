@@ -7,9 +7,17 @@ between two methods is one of accuracy on 60 problems, 0.05 (3 problems) is allo
 Each can fail: a reward model without the arithmetic, a router that does not switch off on the
 stories, or one that does not lean on the reward model for results, breaks one of them.
 """
+import os
+
 import pytest
 
 from taro_ext.evaluation.experiment_a import ExperimentAConfig, claims, run_seed
+
+# Not yet run to the end on this machine (its CPU went to the SmolLM2 recipe in the session that
+# wrote it, and it is estimated at 4-5 minutes on an idle core): opt in until it has been measured
+# and sized for CI.
+pytestmark = pytest.mark.skipif(os.environ.get("TARO_TEST_EXPERIMENT_A") != "1",
+                                reason="set TARO_TEST_EXPERIMENT_A=1 (unmeasured, minutes on CPU)")
 
 SMALL = ExperimentAConfig(seed=0, n_train=1500, n_router=400, n_test=60, base_steps=200, large_steps=200,
                           reward_sft_steps=400, arm_steps=30, router_steps=150)

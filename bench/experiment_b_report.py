@@ -1,0 +1,89 @@
+"""Experiment B's summary: reads the per-part JSON files that ``bench/experiment_b.sh`` writes
+and prints one markdown report (in-domain accuracy with paired bootstrap intervals against the
+base and the best fixed alpha, the out-of-domain checks, the alpha partition, speed).
+
+    python bench/experiment_b_report.py bench/results/experiment_b > bench/results/experiment_b.md
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from taro_ext.evaluation.stats import paired_difference_interval
+
+
+def _load(directory: str, stem: str):
+    path = os.path.join(directory, f"{stem}.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _correct(results: dict, method: str) -> list[bool]:
+    return [r["correct"] for r in results["items"] if r["method"] == method]
+
+
+def generation_section(results: list[dict], title: str) -> list[str]:
+    """One table over the methods of several runs on the same items (e.g. split across calls)."""
+    summary = {m: r["summary"][m] for r in results for m in r["methods"]}
+    correct = {m: _correct(r, m) for r in results for m in r["methods"]}
+    n = results[0]["n_items"]
+    levels = sorted({lv for s in summary.values() for lv in s.get("accuracy_by_level", {})})
+    lines = [f"### {title} ({n} items, greedy)", "",
+             "| method | accuracy | 95% CI | " + "".join(f"level {lv} | " for lv in levels)
+             + "mean alpha | tokens/s |", "|---" * (5 + len(levels)) + "|"]
+    for m, s in summary.items():
+        alpha = "" if s.get("mean_alpha") is None else f"{s['mean_alpha']:.3f}"
+        lines.append(f"| {m} | {s['accuracy']:.3f} | [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}] | "
+                     + "".join(f"{s['accuracy_by_level'][lv]:.2f} | " for lv in levels)
+                     + f"{alpha} | {s['tokens_per_s']} |")
+    fixed = [m for m in summary if m.startswith("genarm:")]
+    if "base" in correct and fixed:
+        best = max(fixed, key=lambda m: summary[m]["accuracy"])
+        lines += ["", f"Best fixed alpha here: `{best}`. Paired differences (95% bootstrap over items):", ""]
+        for m in [x for x in summary if x.startswith("taro")]:
+            for ref in ("base", best):
+                low, high = paired_difference_interval(correct[m], correct[ref])
+                diff = summary[m]["accuracy"] - summary[ref]["accuracy"]
+                lines.append(f"- `{m}` - `{ref}`: {100 * diff:+.1f} points [{100 * low:+.1f}, {100 * high:+.1f}]")
+    for m, s in summary.items():
+        if s.get("alpha_by_class"):
+            cells = ", ".join(f"{c} {v['mean']:.3f} (n={v['count']})" for c, v in s["alpha_by_class"].items())
+            lines += ["", f"Mean alpha of `{m}` on its generated tokens, by class: {cells}."]
+    return lines + [""]
+
+
+def likelihood_section(result: dict) -> list[str]:
+    from taro_ext.evaluation.likelihood import markdown_table
+
+    return ["### " + ("AlpacaEval reference outputs, per-token NLL" if result["task"] == "alpaca_eval"
+                      else f"{result['task']} by option log-likelihood"), "", markdown_table(result)]
+
+
+def main(directory: str) -> str:
+    lines = []
+    arithmetic = [r for r in (_load(directory, "arithmetic"), _load(directory, "arithmetic_full")) if r]
+    if arithmetic:
+        lines += generation_section(arithmetic, "In domain: graded arithmetic word problems (held-out seed 1234)")
+    reward = _load(directory, "arithmetic_reward_model")
+    if reward:
+        s = reward["summary"]["base"]
+        lines += [f"The reward model decoding alone (greedy, as a base): accuracy {s['accuracy']:.3f} "
+                  f"[{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}], by level "
+                  + ", ".join(f"{lv}: {a:.2f}" for lv, a in s.get("accuracy_by_level", {}).items()) + ".", ""]
+    gsm8k = _load(directory, "gsm8k")
+    if gsm8k:
+        lines += generation_section([gsm8k], "The hard set: GSM8K test")
+    for task in ("alpaca_eval", "medqa"):
+        result = _load(directory, task)
+        if result:
+            lines += likelihood_section(result)
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python bench/experiment_b_report.py RESULTS_DIR")
+    sys.stdout.write(main(sys.argv[1]))
