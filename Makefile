@@ -41,7 +41,7 @@ demo: setup
 	$(PY) -m taro_ext.cli demo
 
 bench: setup
-	$(PY) -m pytest -q bench --benchmark-only -m "not gpu" --benchmark-json bench/results/cpu.json
+	TARO_BENCH_THREADS=1 $(PY) -m pytest -q bench --benchmark-only -m "not gpu" --benchmark-json bench/results/cpu.json
 	$(PY) -m taro_ext.benchreport bench/results/cpu.json --out bench/results/cpu.md
 
 # Experiment A (the paper's claims and weak-to-strong on tiny models trained here): bench/results/experiment_a.{md,json,png}.

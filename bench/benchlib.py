@@ -55,3 +55,38 @@ def assert_tokens_match(tokens, ref_tokens, ref_logprobs, temperature, uniform, 
     decided = row_margin >= margin
     mismatch = (tokens != ref_tokens) & decided
     assert not mismatch.any(), f"tokens differ from the reference in rows {mismatch.nonzero().flatten().tolist()}"
+
+
+def natural_pick(s, temperature: float, uniform):
+    """The pick a user writes: argmax, or inverse-CDF sampling with the caller's uniform (what
+    ``torch.multinomial`` does with its own generator; the caller's draw makes it checkable)."""
+    if temperature == 0:
+        return torch.argmax(s, dim=-1)
+    p = torch.softmax(s / temperature, dim=-1)
+    cdf = torch.cumsum(p, dim=-1)
+    return torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None], right=True)[:, 0].clamp_max(s.shape[-1] - 1)
+
+
+def natural_taro_step(base, reward, weights: dict, k: int, vocab: int, temperature: float, uniform):
+    """The TARo step as a performance engineer writes it in eager PyTorch: log_softmax,
+    entropy, ``torch.topk`` (no stable sort), the router MLP, the mixed score and the pick.
+    Returns (tokens, alpha)."""
+    lp_b = torch.log_softmax(base[:, :vocab].float(), dim=-1)
+    lp_r = torch.log_softmax(reward[:, :vocab].float(), dim=-1)
+    h_b = torch.special.entr(lp_b.exp()).sum(-1)
+    h_r = torch.special.entr(lp_r.exp()).sum(-1)
+    v_b, i_b = lp_b.topk(k, dim=-1)
+    v_r, i_r = lp_r.topk(k, dim=-1)
+    emb = weights["embed"].float()
+    x = torch.cat([v_b.clamp_min(-100.0), v_r.clamp_min(-100.0), h_b[:, None], h_r[:, None],
+                   emb[i_b].flatten(1), emb[i_r].flatten(1)], dim=-1)
+    h = torch.nn.functional.silu(x @ weights["w1"].t() + weights["b1"])
+    alpha = weights["alpha_max"] * torch.sigmoid(h @ weights["w2"] + weights["b2"])
+    return natural_pick(lp_b + alpha[:, None] * lp_r, temperature, uniform), alpha
+
+
+def natural_genarm_step(base, reward, alpha: float, vocab: int, temperature: float, uniform):
+    """GenARM's step as its public code writes it: (log pi_b + alpha log pi_r), then the pick."""
+    s = (torch.log_softmax(base[:, :vocab].float(), dim=-1)
+         + alpha * torch.log_softmax(reward[:, :vocab].float(), dim=-1))
+    return natural_pick(s, temperature, uniform)

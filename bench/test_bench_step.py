@@ -1,37 +1,47 @@
 """The decode step alone: tokens/s = B / step time, over B x V x dtype x K x temperature.
 
 Each group is one shape; every row in it picks the next token from the same logits, and the
-report's ratios are tokens/s against ``taro reference (torch eager)`` (``taro_step`` with
-``backend="torch"``, the spec in plain PyTorch). Rows:
+report's ratios are tokens/s against ``taro natural (torch eager)``: the step a performance
+engineer writes in eager PyTorch (``log_softmax``, ``torch.topk``, the router MLP, argmax or
+inverse-CDF sampling with the caller's uniform; ``benchlib.natural_taro_step``). Rows:
 
-* ``base pick (torch)``: what the base model alone costs: softmax, then argmax or
-  ``torch.multinomial`` (``flashinfer sampling`` is FlashInfer's fused kernel for the same,
-  on a GPU where the package is installed).
-* ``genarm (torch)``: GenARM's step as its public code writes it, in plain PyTorch;
-  ``genarm fused <backend>``: the same through our kernel (``genarm_step``).
-* ``taro full-logits (torch)``: the paper's expensive router, whose input is both whole rows.
-* ``taro reference (torch eager)``, ``taro reference (torch.compile)``, ``taro fused <backend>``.
+* ``taro natural (torch eager)``, ``taro natural (torch.compile)`` (at the shapes marked
+  ``compile``), ``taro fused <backend>``;
+* ``genarm natural (torch eager)`` (GenARM's step as its public code writes it) and
+  ``genarm fused <backend>`` (``genarm_step``);
+* ``base pick (torch)``: what the base model alone costs (``flashinfer sampling`` on a GPU
+  where FlashInfer is installed);
+* ``taro reference (torch eager)``: the spec in plain PyTorch (stable sort for the tie rule):
+  the correctness anchor, timed for completeness, not the baseline;
+* ``taro full-logits (torch)``: the paper's expensive router, whose input is both whole rows;
+* floors, measured in the same run: ``floor: read both rows`` (one ``sum`` of each row) and
+  ``floor: exp both rows`` (one ``torch.exp`` of each row into a preallocated output).
 
 All rows call with ``check_inputs=False`` (what a decoder loop does once its inputs are
-trusted), and each checks its tokens against the reference.
+trusted), and each checks its tokens (and alpha) against the reference.
 
-The CPU grid is the subset ``make bench`` runs here (under 10 minutes on 2 cores); the GPU grid
+``test_fused_threads`` (CPU): the fused step on 1 and 2 threads, with the machine as it is and
+with the other core kept busy by a second process spinning.
+
+The CPU grid is the subset ``make bench`` runs here (about 10 minutes on 2 cores); the GPU grid
 (``-m gpu``) is the full product and adds the achieved bandwidth of the fused kernels
 (``bytes_read``) and the GPU's copy bandwidth as the roofline.
 """
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import pytest
 import torch
 
-from taro_ext import FullLogitsRouter, TopKRouter, available_backends, genarm_step, reference, taro_step
+from taro_ext import FullLogitsRouter, TopKRouter, available_backends, genarm_step, taro_step
 
-from benchlib import HAS_GPU, assert_tokens_match, run_timed, sync
+from benchlib import (HAS_GPU, assert_tokens_match, natural_genarm_step, natural_taro_step, run_timed, sync)
 
-BASELINE = "taro reference (torch eager)"
+BASELINE = "taro natural (torch eager)"
 GENARM_ALPHA = 1.0
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # Steps per timed call on a GPU, so that the host synchronisation is amortised.
@@ -60,12 +70,12 @@ class Shape:
 
 # V = 49152: SmolLM2; 128256: Llama 3; 152064: Qwen2.5.
 CPU_SHAPES = [
-    Shape("cpu", 1, 128256, "fp32", 16, 0.0),
+    Shape("cpu", 1, 128256, "fp32", 16, 0.0, compile=True),
     Shape("cpu", 8, 128256, "fp32", 16, 0.0, compile=True),
+    Shape("cpu", 64, 128256, "fp32", 16, 0.0, compile=True),
     Shape("cpu", 8, 128256, "fp32", 16, 1.0),
     Shape("cpu", 8, 128256, "bf16", 16, 0.0),
     Shape("cpu", 8, 128256, "fp32", 64, 0.0),
-    Shape("cpu", 8, 49152, "fp32", 16, 0.0),
 ]
 GPU_SHAPES = [
     Shape("cuda", b, v, dt, k, t, compile=(b == 8 and t == 0.0 and k == 16))
@@ -113,9 +123,12 @@ class Case:
         return call
 
     def check_taro(self, out):
-        assert_tokens_match(out.tokens, self.ref.tokens, self.ref.logprobs, self.shape.temperature, self.uniform)
+        self.check_taro_tokens(out.tokens, out.alpha)
+
+    def check_taro_tokens(self, tokens, alpha):
+        assert_tokens_match(tokens, self.ref.tokens, self.ref.logprobs, self.shape.temperature, self.uniform)
         tol = 1e-4 if self.shape.dtype == "fp32" else 2e-3
-        torch.testing.assert_close(out.alpha.cpu(), self.ref.alpha.cpu(), atol=tol, rtol=0)
+        torch.testing.assert_close(alpha.cpu(), self.ref.alpha.cpu(), atol=tol, rtol=0)
 
     def check_genarm(self, tokens):
         assert_tokens_match(tokens, self.genarm_ref.tokens, self.genarm_ref.logprobs, self.shape.temperature,
@@ -177,23 +190,52 @@ def test_flashinfer_sampling(benchmark, case):
     case.check_sampled(tokens, case.base)
 
 
-def test_genarm_torch(benchmark, case):
+def test_genarm_natural(benchmark, case):
     T, V = case.shape.temperature, case.shape.vocab
+    tokens = _bench(benchmark, case, lambda: natural_genarm_step(case.base, case.reward, GENARM_ALPHA, V, T,
+                                                                 case.uniform), "genarm natural (torch eager)")
+    case.check_genarm(tokens)
+
+
+def test_taro_natural(benchmark, case):
+    T, V = case.shape.temperature, case.shape.vocab
+    weights = case.topk_router.weights()
+    tokens, alpha = _bench(benchmark, case, lambda: natural_taro_step(case.base, case.reward, weights, case.shape.k,
+                                                                      V, T, case.uniform), BASELINE)
+    case.check_taro_tokens(tokens, alpha)
+
+
+def test_taro_natural_compiled(benchmark, case):
+    if not case.shape.compile:
+        pytest.skip("torch.compile is timed at the shapes marked compile (each is a fresh compile)")
+    T, V = case.shape.temperature, case.shape.vocab
+    weights = case.topk_router.weights()
+    compiled = torch.compile(natural_taro_step, fullgraph=True, dynamic=False)
+    tokens, alpha = _bench(benchmark, case, lambda: compiled(case.base, case.reward, weights, case.shape.k, V, T,
+                                                             case.uniform), "taro natural (torch.compile)",
+                           warmups=2)
+    case.check_taro_tokens(tokens, alpha)
+
+
+def test_floor_read(benchmark, case):
+    V = case.shape.vocab
+    base, reward = case.base[:, :V], case.reward[:, :V]
+    sums = _bench(benchmark, case, lambda: (base.sum(-1), reward.sum(-1)), "floor: read both rows")
+    torch.testing.assert_close(sums[0].float(), base.float().sum(-1), rtol=1e-2, atol=1e-2)
+
+
+def test_floor_exp(benchmark, case):
+    V = case.shape.vocab
+    base, reward = case.base[:, :V], case.reward[:, :V]
+    out_b, out_r = torch.empty_like(base), torch.empty_like(reward)
 
     def step():
-        # GenARM's public code: (log pi_b + alpha log pi_r), temperature T / (1 + alpha) after
-        # dividing by 1 + alpha, which is softmax((lp_b + alpha lp_r) / T).
-        s = (torch.log_softmax(case.base[:, :V].float(), -1)
-             + GENARM_ALPHA * torch.log_softmax(case.reward[:, :V].float(), -1))
-        if T == 0:
-            return torch.argmax(s, dim=-1)
-        return torch.multinomial(torch.softmax(s / T, dim=-1), 1, generator=case.sample_gen)[:, 0]
+        torch.exp(base, out=out_b)
+        torch.exp(reward, out=out_r)
+        return out_b
 
-    tokens = _bench(benchmark, case, step, "genarm (torch)")
-    if T == 0:
-        case.check_genarm(tokens)
-    else:
-        case.check_sampled(tokens, case.base)
+    _bench(benchmark, case, step, "floor: exp both rows")
+    torch.testing.assert_close(out_r, reward.exp())
 
 
 def _fused_backends(device_type):
@@ -237,24 +279,8 @@ def test_taro_reference(benchmark, case):
     T = case.shape.temperature
     out = _bench(benchmark, case, lambda: taro_step(case.base, case.reward, case.topk_router, temperature=T,
                                                     uniform=case.uniform, check_inputs=False, backend="torch"),
-                 BASELINE)
+                 "taro reference (torch eager)")
     case.check_taro(out)
-
-
-def test_taro_compiled(benchmark, case):
-    if not case.shape.compile:
-        pytest.skip("torch.compile is timed at one shape per device (each shape is a fresh compile)")
-    weights = case.topk_router.weights()
-    compiled = torch.compile(reference.reference_step, fullgraph=True)
-    T = case.shape.temperature
-
-    def step():
-        return compiled(case.base, case.reward, vocab_size=case.shape.vocab, k=case.shape.k,
-                        router_weights=weights, temperature=T, uniform=case.uniform)
-
-    tokens, alpha, _, _ = _bench(benchmark, case, step, "taro reference (torch.compile)", warmups=2)
-    assert_tokens_match(tokens, case.ref.tokens, case.ref.logprobs, T, case.uniform)
-    torch.testing.assert_close(alpha.cpu(), case.ref.alpha.cpu(), atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("backend", ["cpu", "triton", "cuda"])
@@ -285,3 +311,35 @@ def test_gpu_copy_bandwidth(benchmark):
     run_timed(benchmark, call, label="device copy", baseline="device copy", tokens=0,
               bytes_moved=copies * 2 * src.numel())
     assert torch.equal(dst[:1024], src[:1024])
+
+
+THREADS_SHAPE = Shape("cpu", 1, 128256, "fp32", 16, 0.0)
+
+
+@pytest.fixture(scope="module")
+def threads_case():
+    return Case(THREADS_SHAPE)
+
+
+@pytest.mark.skipif("cpu" not in available_backends("cpu"), reason="the CPU kernel is not built")
+@pytest.mark.parametrize("busy", [False, True], ids=["as-is", "other-core-busy"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_threads(benchmark, threads_case, threads, busy):
+    """The fused CPU step on 1 and 2 threads; ``busy``: a second process spins on a core meanwhile."""
+    case = threads_case
+    benchmark.group = f"threads cpu B={case.shape.batch} V={case.shape.vocab} fp32 K={case.shape.k} T=0"
+    label = f"taro fused cpu, {threads} thread{'s' if threads > 1 else ''}" + (", other core busy" if busy else "")
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = run_timed(benchmark, case.loop(lambda: taro_step(case.base, case.reward, case.topk_router,
+                                                               check_inputs=False, backend="cpu")),
+                        label=label, baseline="taro fused cpu, 1 thread", tokens=case.shape.batch, budget_s=1.5,
+                        min_rounds=20)
+    finally:
+        torch.set_num_threads(saved)
+        if spinner is not None:
+            spinner.kill()
+            spinner.wait()
+    case.check_taro(out)

@@ -7,8 +7,10 @@ of its group and the ``tokens`` one timed call produces. Per group the report gi
 and the ratio to the baseline measured in the same run (ratios travel between machines;
 absolute times do not), plus, for GPU runs, the fused kernels' achieved read bandwidth as a
 fraction of the measured device copy bandwidth. A headline table collects, per group, the
-three ratios the suite exists for: fused against the PyTorch reference, TARo against GenARM
-through the same backend, and the full-logits router against the fused top-K one.
+ratios the suite exists for: the fused TARo step against the natural eager PyTorch step and
+its ``torch.compile`` version, its time against one exp pass over both rows (the floor), the
+fused GenARM step against natural GenARM and its time against one read of both rows, TARo
+against GenARM through the same backend, and the full-logits router against the fused top-K one.
 
 The plot (``--plot``, default: the output path with ``.png``) shows each group's ratios as bars.
 """
@@ -22,6 +24,12 @@ from dataclasses import dataclass
 from typing import Optional
 
 STATS = ("min", "median", "mean")
+# Row labels of bench/test_bench_step.py that the headline compares.
+NATURAL = "taro natural (torch eager)"
+COMPILED = "taro natural (torch.compile)"
+GENARM_NATURAL = "genarm natural (torch eager)"
+FLOOR_READ = "floor: read both rows"
+FLOOR_EXP = "floor: exp both rows"
 
 
 @dataclass
@@ -109,10 +117,17 @@ def headline(group: Group) -> dict:
     """The suite's questions for one group, as tokens/s ratios (None where not measured)."""
     backend = _fused_backend(group, "taro fused")
     fused = f"taro fused {backend}" if backend else None
+    genarm = f"genarm fused {backend}" if backend else None
     paired = next((r.paired for r in group.rows if r.paired), None)
     return {
-        "fused / reference": group.ratio(fused, "taro reference (torch eager)") if fused else None,
-        "TARo / GenARM (same backend)": group.ratio(fused, f"genarm fused {backend}") if fused else None,
+        # Speed-ups (tokens/s over tokens/s: > 1 is faster) ...
+        "TARo fused / natural": group.ratio(fused, NATURAL) if fused else None,
+        "TARo fused / compiled": group.ratio(fused, COMPILED) if fused else None,
+        "GenARM fused / natural": group.ratio(genarm, GENARM_NATURAL) if genarm else None,
+        # ... and costs (time over the floor's time: 1 is the floor).
+        "TARo fused time / exp floor": group.ratio(FLOOR_EXP, fused) if fused else None,
+        "GenARM fused time / read floor": group.ratio(FLOOR_READ, genarm) if genarm else None,
+        "TARo / GenARM (same backend)": group.ratio(fused, genarm) if fused else None,
         "TARo / GenARM (alternating calls)": paired["ratio"] if paired else None,
         "full-logits / top-K fused": group.ratio("taro full-logits (torch)", fused) if fused else None,
         "backend": backend,
@@ -149,8 +164,12 @@ def render(data: dict, stat: str = "min", plot_name: Optional[str] = None) -> st
                   "|---|---|" + "---|" * len(cols)]
         for g, h in heads:
             lines.append(f"| {g.name} | {h['backend']} | " + " | ".join(_fmt_ratio(h[c]) for c in cols) + " |")
-        lines += ["", "fused / reference: the fused top-K step over `taro_step(backend='torch')`. "
-                  "TARo / GenARM: the fused top-K TARo over GenARM through the same fused backend "
+        lines += ["", "TARo fused / natural, / compiled: tokens/s of the fused top-K step over the eager PyTorch "
+                  "step a user writes (log_softmax, torch.topk, the router MLP, the pick) and over its "
+                  "torch.compile version. GenARM fused / natural: the same for GenARM "
+                  "((log_softmax(b) + a log_softmax(r)), the pick). Time / floor: the fused step's time over "
+                  "one torch.exp of both rows (TARo) or one sum of both rows (GenARM), measured in the same "
+                  "run (1 is the floor). TARo / GenARM: the fused top-K TARo over GenARM through the same fused backend "
                   "(same models), from separate benchmarks and from calls alternating between the two "
                   "(median over pairs; robust to load from other processes). full-logits / top-K fused: "
                   "the paper's full-logits router (PyTorch) over the fused top-K step (< 1: slower).", ""]

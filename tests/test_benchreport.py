@@ -12,7 +12,7 @@ def _bench(group, label, seconds, tokens, baseline, **extra):
             "extra_info": {"label": label, "baseline": baseline, "tokens": tokens, **extra}}
 
 
-REF = "taro reference (torch eager)"
+REF = "taro natural (torch eager)"
 DATA = {
     "machine_info": {"cpu_model": "Test CPU", "cpu_count": 2, "python_version": "3.11", "torch": "2.x",
                      "torch_threads": 2, "gpu": None, "note": "shared"},
@@ -20,8 +20,12 @@ DATA = {
     "datetime": "2026-01-01T00:00:00",
     "benchmarks": [
         _bench("step B=8", REF, 1.0, 8, REF),
+        _bench("step B=8", "taro natural (torch.compile)", 0.5, 8, REF),
         _bench("step B=8", "taro fused cpu", 0.1, 8, REF),
+        _bench("step B=8", "genarm natural (torch eager)", 0.32, 8, REF),
         _bench("step B=8", "genarm fused cpu", 0.08, 8, REF),
+        _bench("step B=8", "floor: read both rows", 0.05, 8, REF),
+        _bench("step B=8", "floor: exp both rows", 0.08, 8, REF),
         _bench("step B=8", "taro full-logits (torch)", 0.4, 8, REF),
         # Generation: different token counts per call; ratios are of tokens/s, not of times.
         _bench("gen", "genarm fused cpu", 2.0, 100, "genarm fused cpu"),
@@ -37,13 +41,17 @@ def test_headline_ratios_are_tokens_per_second_over_the_baseline():
     groups = {g.name: g for g in benchreport.load_groups(DATA)}
     step = benchreport.headline(groups["step B=8"])
     assert step["backend"] == "cpu"
-    assert step["fused / reference"] == pytest.approx(10.0)
+    assert step["TARo fused / natural"] == pytest.approx(10.0)
+    assert step["TARo fused / compiled"] == pytest.approx(5.0)
+    assert step["GenARM fused / natural"] == pytest.approx(4.0)
+    assert step["TARo fused time / exp floor"] == pytest.approx(1.25)
+    assert step["GenARM fused time / read floor"] == pytest.approx(1.6)
     assert step["TARo / GenARM (same backend)"] == pytest.approx(0.8)
     assert step["full-logits / top-K fused"] == pytest.approx(0.25)
     gen = benchreport.headline(groups["gen"])
     assert gen["TARo / GenARM (same backend)"] == pytest.approx(0.96)
     assert gen["TARo / GenARM (alternating calls)"] == pytest.approx(0.97)
-    assert gen["fused / reference"] is None  # no reference row in that group
+    assert gen["TARo fused / natural"] is None  # no natural row in that group
     assert benchreport.copy_bandwidth(groups.values()) == pytest.approx(2e12)
 
 
@@ -64,7 +72,7 @@ def test_main_writes_markdown_and_plot(tmp_path):
     text = out.read_text()
     assert "Test CPU, 2 cores, no GPU" in text and "note: shared" in text
     assert "`pytest bench --benchmark-only`" in text
-    assert "| step B=8 | cpu | 10x | 0.8x | - | 0.25x |" in text
+    assert "| step B=8 | cpu | 10x | 5x | 4x | 1.25x | 1.6x | 0.8x | - | 0.25x |" in text
     assert "| taro fused cpu | 100.00 ms | 3 | 80.0 | 10x |" in text
     assert "= 0.97x (median of 5 back-to-back pairs" in text
     assert "![ratios against each group's baseline](run.png)" in text

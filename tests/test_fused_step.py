@@ -206,9 +206,35 @@ def test_logprobs_only_when_asked(device, backend):
     base, reward, router, uniform = make_inputs(case, device)
     without = run_step(backend, base, reward, router, case, uniform, return_logprobs=False)
     with_lp = run_step(backend, base, reward, router, case, uniform, return_logprobs=True)
-    assert without.logprobs is None
+    assert without.logprobs is None and without.token_logprobs is None
     assert torch.equal(without.tokens, with_lp.tokens)
-    assert torch.equal(without.token_logprobs, with_lp.token_logprobs)
+    assert torch.equal(without.alpha, with_lp.alpha)
+
+
+# The fast paths without log-probs (greedy: no exp in the pick; GenARM greedy: one read of both
+# rows, no exp at all), over every case of the sweep (ties at the K-th value, masked rows, bf16,
+# fp16), with rows split across threads (B below the thread count) and whole rows per thread.
+NO_LOGPROBS = [pytest.param(d, b, c, threads, id=f"{b}-{d}-{c}-threads{threads}")
+               for d in _devices() for b in fused_backends(d) for c in cases_for(b, d)
+               for threads in ((1, 4) if b == "cpu" else (1,))]
+
+
+@pytest.mark.parametrize("device,backend,case,threads", NO_LOGPROBS)
+def test_step_without_logprobs_matches_reference(device, backend, case, threads):
+    base, reward, router, uniform = make_inputs(case, device)
+    want = run_step("torch", base, reward, router, case, uniform)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = run_step(backend, base, reward, router, case, uniform, return_logprobs=False)
+    finally:
+        torch.set_num_threads(saved)
+    assert got.logprobs is None and got.token_logprobs is None
+    torch.testing.assert_close(got.alpha, want.alpha, atol=2e-3 if case.dtype != F32 else 1e-4, rtol=0)
+    margins = reference_margins(base, reward, case.vocab, want.alpha, case.temperature, uniform)
+    decided = margins >= TOKEN_MARGIN
+    assert decided.any()
+    assert torch.equal(got.tokens[decided], want.tokens[decided]), (got.tokens, want.tokens, margins)
 
 
 @pytest.mark.parametrize("device,backend", BACKENDS)
@@ -278,6 +304,27 @@ def test_fuzz_small_shapes_against_reference():
         assert bool(torch.isfinite(own).all())
 
     check()
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("view", ["expand", "as_strided"])
+def test_rows_with_stride_below_vocab(view):
+    """An expanded batch (stride(0) = 0) and overlapping as_strided rows: the CPU kernel reads
+    the rows where they are, as the reference does."""
+    V = 5000
+    g = torch.Generator().manual_seed(4)
+    flat_b, flat_r = torch.randn(V + 30, generator=g) * 3, torch.randn(V + 30, generator=g) * 3
+    if view == "expand":
+        base, reward = flat_b[None, :V].expand(3, V), flat_r[None, :V].expand(3, V)
+    else:
+        base, reward = flat_b.as_strided((3, V), (10, 1)), flat_r.as_strided((3, V), (10, 1))
+    router = seeded_router(4, V, k=16)
+    uniform = torch.rand(3, generator=g)
+    for temperature in (0.0, 0.7):
+        case = Case(3, V, 16, F32, temperature)
+        want = run_step("torch", base.contiguous(), reward.contiguous(), router, case, uniform)
+        got = run_step("cpu", base, reward, router, case, uniform)
+        assert_matches_reference(got, want, base.contiguous(), reward.contiguous(), case, uniform)
 
 
 @needs_cpu_kernel

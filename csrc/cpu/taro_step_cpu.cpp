@@ -38,6 +38,10 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include "../taro_step.h"
 #include "thread_pool.h"
 
@@ -129,6 +133,18 @@ TARO_INLINE float hsum(VecF v) {
   return s;
 }
 TARO_INLINE VecF vmax(VecF a, VecF b) { return a > b ? a : b; }
+
+// Bit l set where v[l] > threshold: one compare into a mask register with AVX-512.
+TARO_INLINE uint32_t lanes_above(VecF v, float threshold) {
+#if defined(__AVX512F__)
+  return _mm512_cmp_ps_mask(reinterpret_cast<__m512>(v), _mm512_set1_ps(threshold), _CMP_GT_OQ);
+#else
+  const VecI above = v > threshold;
+  uint32_t mask = 0;
+  for (int l = 0; l < kLanes; ++l) mask |= static_cast<uint32_t>(above[l] & 1) << l;
+  return mask;
+#endif
+}
 
 // Max of x[0, padded), padded a multiple of kLanes; four chains hide the max latency.
 template <typename T>
@@ -236,19 +252,18 @@ class TopKCollector {
   void offer_block(const T* x, int64_t n, int64_t first_id, float block_max) {
     float shared = shared_ != nullptr ? shared_->load(std::memory_order_relaxed) : kNegInf;
     if (!admits(block_max, shared)) return;
-    for (int64_t s = 0; s < n; s += 4 * kLanes) {
-      const int64_t e = std::min(n, s + 4 * kLanes);
-      VecF m = splat(kNegInf);
-      for (int64_t i = s; i < e; i += kLanes) m = vmax(m, load(x + i));
-      if (!admits(hmax(m), shared)) continue;
-      for (int64_t v = s; v < e; v += kLanes) {
-        if (!admits(hmax(load(x + v)), shared)) continue;
-        for (int64_t i = v; i < std::min(e, v + kLanes); ++i) {
-          const float value = to_float(x[i]);
-          if (admits(value, shared)) {
-            push({value, static_cast<int32_t>(first_id + i)});
-            if (shared_ != nullptr) shared = std::max(shared, shared_->load(std::memory_order_relaxed));
-          }
+    for (int64_t v = 0; v < n; v += kLanes) {
+      // Full: one compare per vector against the own threshold (lanes past n hold -inf and
+      // never pass it). Not yet full: every lane below n is a candidate.
+      uint32_t mask = full_ ? lanes_above(load(x + v), threshold_)
+                            : (n - v >= kLanes ? 0xffffu : (1u << (n - v)) - 1u);
+      while (mask != 0) {
+        const int lane = __builtin_ctz(mask);
+        mask &= mask - 1;
+        const float value = to_float(x[v + lane]);
+        if (admits(value, shared)) {
+          push({value, static_cast<int32_t>(first_id + v + lane)});
+          if (shared_ != nullptr) shared = std::max(shared, shared_->load(std::memory_order_relaxed));
         }
       }
     }
