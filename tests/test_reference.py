@@ -133,7 +133,8 @@ def test_sampling_inverse_cdf_by_hand():
     base, reward = p.log(), torch.zeros(1, 4)
     expected = {0.05: 0, 0.1: 1, 0.29: 1, 0.31: 2, 0.59: 2, 0.61: 3, 0.999: 3}
     for u, tok in expected.items():
-        out = taro_ext.genarm_step(base, reward, 1.0, temperature=1.0, uniform=torch.tensor([u]), backend="torch")
+        out = taro_ext.genarm_step(base, reward, 1.0, temperature=1.0, uniform=torch.tensor([u]), backend="torch",
+                                  return_logprobs=True)
         assert int(out.tokens) == tok, u
         assert float(out.token_logprobs) == pytest.approx(math.log(float(p[0, tok])), abs=1e-6)
 
