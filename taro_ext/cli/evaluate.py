@@ -103,6 +103,7 @@ def _run_likelihood(args) -> int:
     import json
     import os
 
+    from ..atomic import write_text
     from ..data import read_records
     from ..evaluation import likelihood
     from ..evaluation.datasets import default_path
@@ -126,11 +127,9 @@ def _run_likelihood(args) -> int:
                   config={k: v for k, v in vars(args).items() if k != "func"})
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, args.stem or f"likelihood_{args.task}")
-    with open(stem + ".json", "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=1)
     table = likelihood.markdown_table(result)
-    with open(stem + ".md", "w", encoding="utf-8") as f:
-        f.write(table)
+    write_text(stem + ".json", json.dumps(result, indent=1))
+    write_text(stem + ".md", table)
     print(table)
     print(f"wrote {stem}.json, {stem}.md")
     return 0
