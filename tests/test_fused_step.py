@@ -43,7 +43,7 @@ class Case:
     dtype: torch.dtype
     temperature: float
     alpha_override: Optional[float] = None  # None: the router picks alpha
-    rows: str = "plain"  # "plain", "masked" (-inf entries) or "ties" (duplicated max and top-K values)
+    rows: str = "plain"  # "plain", "masked" (-inf entries), "sparse" (fewer than K finite) or "ties"
     width: Optional[int] = None  # logits width; None: vocab
     embed_bf16: bool = False
 
@@ -79,6 +79,12 @@ CASES = [
     Case(3, 151936, 16, BF16, 1.0, rows="ties", width=152064),
     Case(8, 151936, 64, F32, 0.7, alpha_override=1.0, rows="plain", width=152064),
     Case(1, 151936, 1, F32, 0.0, rows="masked", width=152064, embed_bf16=True),
+    Case(3, 49152, 64, BF16, 0.7, rows="sparse"),
+    # Wide enough that the CPU kernel splits a row across threads (at least 131072 logits per
+    # thread; the threads=4 sweep below).
+    Case(1, 300000, 16, F32, 0.0, rows="sparse"),
+    Case(1, 300000, 64, BF16, 0.0, rows="ties"),
+    Case(3, 300000, 16, F32, 0.7, rows="masked"),
 ]
 
 
@@ -110,6 +116,14 @@ def make_inputs(case: Case, device: str, seed: int = 0):
         for x in logits:
             x[torch.rand(B, width, generator=g) < 0.1] = -math.inf
             x[0, : V // 4] = -math.inf  # a long masked run at the start of a row
+    elif case.rows == "sparse":
+        # Fewer finite logits than K (the same ids in both rows): the top-K lists hold -inf
+        # entries, which every slice of a row split across threads must still offer.
+        keep = torch.randperm(V, generator=g)[: max(case.k // 2, 1)]
+        for x in logits:
+            finite = x[:, keep].clone()
+            x[:, :V] = -math.inf
+            x[:, keep] = finite
     elif case.rows == "ties":
         # Duplicated maxima at the same ids in both rows (so the mixed score ties exactly
         # there; one of them is the last id), and duplicated values inside each top-K.

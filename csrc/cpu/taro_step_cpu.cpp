@@ -58,9 +58,13 @@ typedef uint16_t VecH __attribute__((vector_size(2 * kLanes)));
 
 constexpr int64_t kBlock = 512;           // tokens per block: the unit of both passes
 constexpr int64_t kChunkBlocks = 16;      // blocks per work item when rows are split
-constexpr int64_t kMinItemLogits = 16384;  // below this many logits per thread, use fewer threads
+// Below this many logits (of one model) per thread, use fewer threads. Waking a sleeping
+// worker costs 10-50 us on this project's VM, with jitter: a B=1 step at V=128256 (about
+// 100 us of work) ran 1.23x faster on 2 threads in one run and 0.75x in the next, and a
+// worker preempted by another process holds up the caller. So a thread must get at least a
+// full Llama-3 row's work (B=1 at V=1M, about 1 ms on one thread, splits in two: 1.3x).
+constexpr int64_t kMinItemLogits = 131072;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-constexpr VecI kLaneIds = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
 
 TARO_INLINE VecF splat(float x) { return VecF{} + x; }
 
@@ -146,6 +150,18 @@ TARO_INLINE uint32_t lanes_above(VecF v, float threshold) {
 #endif
 }
 
+// Bit l set where v[l] >= threshold.
+TARO_INLINE uint32_t lanes_at_least(VecF v, float threshold) {
+#if defined(__AVX512F__)
+  return _mm512_cmp_ps_mask(reinterpret_cast<__m512>(v), _mm512_set1_ps(threshold), _CMP_GE_OQ);
+#else
+  const VecI at_least = v >= threshold;
+  uint32_t mask = 0;
+  for (int l = 0; l < kLanes; ++l) mask |= static_cast<uint32_t>(at_least[l] & 1) << l;
+  return mask;
+#endif
+}
+
 // Max of x[0, padded), padded a multiple of kLanes; four chains hide the max latency.
 template <typename T>
 TARO_INLINE float max_of(const T* x, int64_t padded) {
@@ -161,17 +177,18 @@ TARO_INLINE float max_of(const T* x, int64_t padded) {
   return hmax(vmax(vmax(m0, m1), vmax(m2, m3)));
 }
 
-// 2^u for -126 <= u <= 127, about 1e-7 relative: u = n + f with n = round(u) (the 1.5 * 2^23
-// trick, whose low mantissa bits then hold n) and |f| <= 1/2; 2^f by its degree-6 Taylor
-// polynomial; 2^n built in the exponent bits.
+// 2^u for -126 <= u <= 127, 1.8e-7 relative in fp32: u = n + f with n = round(u) (the
+// 1.5 * 2^23 trick, whose low mantissa bits then hold n) and |f| <= 1/2; 2^f by a degree-5
+// polynomial with p(0) = 1 exactly (a relative least-squares fit on Chebyshev nodes of
+// [-1/2, 1/2]; the degree-6 Taylor polynomial is no more accurate in fp32, 2.4e-7, and
+// costs one FMA more); 2^n built in the exponent bits.
 TARO_INLINE VecF vexp2_in_range(VecF u) {
   const VecF t = u + 12582912.0f;
   const VecF f = u - (t - 12582912.0f);
-  VecF p = f * 1.5403530393381606e-4f + 1.3333558146428443e-3f;
-  p = p * f + 9.6181291076284772e-3f;
-  p = p * f + 5.5504108664821580e-2f;
-  p = p * f + 2.4022650695910071e-1f;
-  p = p * f + 6.9314718055994531e-1f;
+  VecF p = f * 1.3218672247603536e-3f + 9.671698324382305e-3f;
+  p = p * f + 5.550893023610115e-2f;
+  p = p * f + 2.4022237956523895e-1f;
+  p = p * f + 6.931468844413757e-1f;
   p = p * f + 1.0f;
   const VecI scale = ((VecI)t - (0x4B400000 - 127)) << 23;
   return p * (VecF)scale;
@@ -253,10 +270,13 @@ class TopKCollector {
     float shared = shared_ != nullptr ? shared_->load(std::memory_order_relaxed) : kNegInf;
     if (!admits(block_max, shared)) return;
     for (int64_t v = 0; v < n; v += kLanes) {
-      // Full: one compare per vector against the own threshold (lanes past n hold -inf and
-      // never pass it). Not yet full: every lane below n is a candidate.
-      uint32_t mask = full_ ? lanes_above(load(x + v), threshold_)
-                            : (n - v >= kLanes ? 0xffffu : (1u << (n - v)) - 1u);
+      // One compare per vector against the stricter of the two conditions, value > own
+      // threshold (once full) and value >= shared. Before the buffer is full every logit
+      // >= shared is a candidate, -inf included (a row may have fewer than K finite logits).
+      // Lanes past n hold -inf: masked off, as -inf >= shared holds until a slice raises it.
+      const VecF xv = load(x + v);
+      uint32_t mask = full_ && threshold_ >= shared ? lanes_above(xv, threshold_) : lanes_at_least(xv, shared);
+      if (n - v < kLanes) mask &= (1u << (n - v)) - 1u;
       while (mask != 0) {
         const int lane = __builtin_ctz(mask);
         mask &= mask - 1;
@@ -329,20 +349,30 @@ SlicePartial scan_row_slice(const T* row, int64_t lo, int64_t hi, int k, SharedT
       m = block_max;
     }
     if (block_max != kNegInf) {
-      // In base 2: u = (x - m) log2(e), e = 2^u, t += e u ln 2. u is clamped where 2^u flushes
-      // to 0, so the entropy term there is 0, not 0 * -inf = NaN at masked tokens.
-      const VecF mv = splat(m * kLog2e);
-      VecF bd = splat(0.0f), bt = splat(0.0f);
-      for (int64_t i = 0; i < padded; i += kLanes) {
-        const VecF u = load(x + i) * kLog2e - mv;
-        const VecI low = u < kExp2Lowest;
-        const VecF uc = low ? splat(kExp2Lowest) : u;
-        const VecF e = low ? splat(0.0f) : vexp2_in_range(uc);
-        bd += e;
-        bt += e * uc;
+      // In base 2: u = (x - m) log2(e), e = 2^u, t += e u ln 2. u is clamped at -126 (one
+      // max, no compare and blend): a logit more than 87 below the max, or -inf, then adds
+      // 2^-126 to d and -126 * 2^-126 to t, which no fp32 sum that holds the max's own 1
+      // can register, and never 0 * -inf = NaN. Two accumulator pairs halve the add chains.
+      const VecF mv = splat(m * kLog2e), lowest = splat(kExp2Lowest);
+      VecF d0 = splat(0.0f), t0 = d0, d1 = d0, t1 = d0;
+      int64_t i = 0;
+      for (; i + 2 * kLanes <= padded; i += 2 * kLanes) {
+        const VecF u0 = vmax(load(x + i) * kLog2e - mv, lowest);
+        const VecF u1 = vmax(load(x + i + kLanes) * kLog2e - mv, lowest);
+        const VecF e0 = vexp2_in_range(u0), e1 = vexp2_in_range(u1);
+        d0 += e0;
+        t0 += e0 * u0;
+        d1 += e1;
+        t1 += e1 * u1;
       }
-      d += hsum(bd);
-      t += hsum(bt) * kLn2;
+      if (i < padded) {
+        const VecF u0 = vmax(load(x + i) * kLog2e - mv, lowest);
+        const VecF e0 = vexp2_in_range(u0);
+        d0 += e0;
+        t0 += e0 * u0;
+      }
+      d += hsum(d0 + d1);
+      t += hsum(t0 + t1) * kLn2;
     }
     if (k > 0) topk.offer_block(x, n, b, block_max);
   }
@@ -360,11 +390,11 @@ TARO_INLINE VecF mixed(const T* xb, const T* xr, float alpha, float inv_t) {
   return (b + alpha * load(xr)) * inv_t;
 }
 
-// Per-block results of pass 2.
+// Per-block results of pass 2 (the argmax is not tracked there: a compare-and-blend chain
+// per vector would cost more than the whole pass; the greedy pick rescans one block).
 struct BlockScore {
-  float max;    // max of z over the block (-inf if every z is -inf)
-  float sum;    // sum exp(z - max) (0 unless masses were asked for)
-  int32_t arg;  // first id in the block with z == max
+  float max;  // max of z over the block (-inf if every z is -inf)
+  float sum;  // sum exp(z - max) (0 unless masses were asked for)
 };
 
 // Router MLP on one row's features: alpha = alpha_max * sigmoid(w2 . silu(W1 x + b1) + b2).
@@ -541,35 +571,56 @@ class StepRunner {
     alpha_[row] = router_alpha(w, x);
   }
 
-  // Per block of the item: max of z, its first argmax and (needs_mass_) sum exp(z - max).
+  // Per block of the item: max of z and (needs_mass_) sum exp(z - max). Four max chains
+  // (z is stored only when the masses need it), so the loop runs at the loads' rate.
   void pass2(int64_t item) {
     const Slice s = slice(item);
     alignas(64) float z[kBlock];
+    alignas(64) T scratch_b[kBlock];
+    alignas(64) T scratch_r[kBlock];
+    const float a = alpha_[s.row];
     for (int64_t lo = s.lo; lo < s.hi; lo += kBlock) {
       const int64_t n = std::min(kBlock, s.hi - lo);
-      VecF best = splat(kNegInf);
-      VecI arg = kLaneIds;
-      const int64_t padded = for_each_mixed(s.row, lo, n, [&](int64_t i, VecF v) {
-        if (needs_mass_) std::memcpy(z + i, &v, sizeof v);
-        const VecI better = v > best;  // strict: the lowest id of each lane wins ties
-        best = better ? v : best;
-        arg = better ? kLaneIds + static_cast<int32_t>(i) : arg;
-      });
-      const float bmax = hmax(best);
-      int32_t first = static_cast<int32_t>(n);
-      for (int l = 0; l < kLanes; ++l) {
-        if (best[l] == bmax) first = std::min(first, arg[l]);
+      int64_t padded;
+      const T* xb = whole_vectors(base_row(s.row) + lo, n, scratch_b, padded);
+      const T* xr = a != 0.0f ? whole_vectors(reward_row(s.row) + lo, n, scratch_r, padded) : xb;
+      VecF m[4] = {splat(kNegInf), splat(kNegInf), splat(kNegInf), splat(kNegInf)};
+      int64_t i = 0;
+      for (; i + 4 * kLanes <= padded; i += 4 * kLanes) {
+        for (int c = 0; c < 4; ++c) {
+          const VecF v = mixed(xb + i + c * kLanes, xr + i + c * kLanes, a, inv_t_);
+          if (needs_mass_) std::memcpy(z + i + c * kLanes, &v, sizeof v);
+          m[c] = vmax(m[c], v);
+        }
       }
-      if (first >= n) first = 0;  // all -inf
+      for (; i < padded; i += kLanes) {
+        const VecF v = mixed(xb + i, xr + i, a, inv_t_);
+        if (needs_mass_) std::memcpy(z + i, &v, sizeof v);
+        m[0] = vmax(m[0], v);
+      }
+      const float bmax = hmax(vmax(vmax(m[0], m[1]), vmax(m[2], m[3])));
       float sum = 0.0f;
       if (needs_mass_ && bmax != kNegInf) {
         VecF acc = splat(0.0f);
         const VecF mv = splat(bmax);
-        for (int64_t i = 0; i < padded; i += kLanes) acc += vexp(load(z + i) - mv);
+        for (int64_t j = 0; j < padded; j += kLanes) acc += vexp(load(z + j) - mv);
         sum = hsum(acc);
       }
-      scores_[s.row * blocks_ + lo / kBlock] = {bmax, sum, static_cast<int32_t>(lo + first)};
+      scores_[s.row * blocks_ + lo / kBlock] = {bmax, sum};
     }
+  }
+
+  // The first id of block b whose z equals zmax (the block's max), recomputed with the same
+  // arithmetic as pass 2; the block's first id if every z there is -inf.
+  int64_t first_argmax(int64_t row, int64_t b, float zmax) const {
+    const int64_t lo = b * kBlock, n = std::min(kBlock, vocab_ - lo);
+    int64_t first = n;
+    for_each_mixed(row, lo, n, [&](int64_t i, VecF v) {
+      if (first < n) return;
+      const uint32_t hit = lanes_at_least(v, zmax);
+      if (hit != 0) first = i + __builtin_ctz(hit);
+    });
+    return lo + (first < n ? first : 0);
   }
 
   // The block's share of sum exp(z - zmax), with the exp the rescan uses, so a block of
@@ -603,7 +654,7 @@ class StepRunner {
       // Ties to the lowest id: the first block reaching the max holds it.
       int64_t b = 0;
       while (b + 1 < blocks_ && sc[b].max != zmax) ++b;
-      token = sc[b].arg;
+      token = first_argmax(row, b, zmax);
     } else {
       double total = 0.0;
       for (int64_t b = 0; b < blocks_; ++b) total += block_mass(sc[b], zmax);
