@@ -66,7 +66,9 @@ class _RouterBase(nn.Module):
         """The router's tensors by the spec's names, plus ``alpha_max``: detached (the decode step
         is inference and never builds an autograd graph through the router) and contiguous (the
         kernels read raw rows; a contiguous parameter is returned as is, not copied)."""
-        w = {name: p.detach().contiguous() for name, p in self.named_parameters()}
+        # _parameters directly: named_parameters() walks submodules and dedups, which costs more
+        # than a small decode step's kernel (the router has no submodules).
+        w = {name: p.detach().contiguous() for name, p in self._parameters.items()}
         w["alpha_max"] = self.alpha_max
         return w
 

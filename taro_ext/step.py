@@ -13,7 +13,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from . import reference
-from .ops import AUTO_PREFERENCE, BACKENDS, available_backends, fused_step
+from .ops import AUTO_PREFERENCE, BACKEND_TABLE, BACKENDS, available_backends, fused_step
 from .router import FullLogitsRouter, TopKRouter, _RouterBase
 from .validate import as_float, as_int
 
@@ -34,12 +34,13 @@ def _pick_backend(backend: str, device: torch.device, design: str) -> str:
         if backend not in ("auto", "torch"):
             raise ValueError(f"backend={backend!r}: the full-logits router runs only on backend='torch'")
         return "torch"
-    usable = available_backends(device)
+    # Only the backends asked about are probed (each probe may read the environment): the
+    # available list is built for the error message alone.
     if backend == "auto":
-        return next(b for b in AUTO_PREFERENCE.get(device.type, ("torch",)) if b in usable)
-    if backend not in usable:
+        return next(b for b in AUTO_PREFERENCE.get(device.type, ("torch",)) if BACKEND_TABLE[b].runs_on(device.type))
+    if not BACKEND_TABLE[backend].runs_on(device.type):
         raise ValueError(f"backend={backend!r} cannot run on {device.type} tensors here "
-                         f"(available: {usable})")
+                         f"(available: {available_backends(device)})")
     return backend
 
 
@@ -108,8 +109,9 @@ def _check_router(router, vocab_size, device):
     shapes = {"w1": (router.hidden, router.in_features), "b1": (router.hidden,), "w2": (router.hidden,), "b2": ()}
     if isinstance(router, TopKRouter):
         shapes["embed"] = (router.vocab_size, router.embed_dim)
+    params = router._parameters  # the dict itself: nn.Module.__getattr__ costs more than the check
     for name, shape in shapes.items():
-        p = getattr(router, name)
+        p = params[name]
         if tuple(p.shape) != shape:
             raise ValueError(f"router.{name} has shape {tuple(p.shape)}, expected {shape}")
         allowed = (torch.float32, torch.bfloat16) if name == "embed" else (torch.float32,)
