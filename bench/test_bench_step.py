@@ -130,6 +130,18 @@ class Case:
         tol = 1e-4 if self.shape.dtype == "fp32" else 2e-3
         torch.testing.assert_close(alpha.cpu(), self.ref.alpha.cpu(), atol=tol, rtol=0)
 
+    def check_natural_taro(self, tokens, alpha):
+        """The natural step's ``torch.topk`` does not apply the lowest-id tie rule, so where a
+        row's top K+1 log-probs hold a tie (common in bf16) its candidate ids, hence its alpha,
+        may differ from the reference's by design: alpha is checked on the rows without ties."""
+        assert_tokens_match(tokens, self.ref.tokens, self.ref.logprobs, self.shape.temperature, self.uniform)
+        untied = torch.ones(self.shape.batch, dtype=torch.bool)
+        for logits in (self.base, self.reward):
+            top = logits[:, :self.shape.vocab].float().cpu().topk(self.shape.k + 1, dim=-1).values
+            untied &= (top[:, 1:] != top[:, :-1]).all(-1)
+        tol = 1e-4 if self.shape.dtype == "fp32" else 2e-3
+        torch.testing.assert_close(alpha.cpu()[untied], self.ref.alpha.cpu()[untied], atol=tol, rtol=0)
+
     def check_genarm(self, tokens):
         assert_tokens_match(tokens, self.genarm_ref.tokens, self.genarm_ref.logprobs, self.shape.temperature,
                             self.uniform)
@@ -202,7 +214,7 @@ def test_taro_natural(benchmark, case):
     weights = case.topk_router.weights()
     tokens, alpha = _bench(benchmark, case, lambda: natural_taro_step(case.base, case.reward, weights, case.shape.k,
                                                                       V, T, case.uniform), BASELINE)
-    case.check_taro_tokens(tokens, alpha)
+    case.check_natural_taro(tokens, alpha)
 
 
 def test_taro_natural_compiled(benchmark, case):
@@ -214,7 +226,7 @@ def test_taro_natural_compiled(benchmark, case):
     tokens, alpha = _bench(benchmark, case, lambda: compiled(case.base, case.reward, weights, case.shape.k, V, T,
                                                              case.uniform), "taro natural (torch.compile)",
                            warmups=2)
-    case.check_taro_tokens(tokens, alpha)
+    case.check_natural_taro(tokens, alpha)
 
 
 def test_floor_read(benchmark, case):
@@ -313,12 +325,13 @@ def test_gpu_copy_bandwidth(benchmark):
     assert torch.equal(dst[:1024], src[:1024])
 
 
-THREADS_SHAPE = Shape("cpu", 1, 128256, "fp32", 16, 0.0)
+# B=1: one row split across the threads; B=8: whole rows per thread.
+THREADS_SHAPES = [Shape("cpu", 1, 128256, "fp32", 16, 0.0), Shape("cpu", 8, 128256, "fp32", 16, 0.0)]
 
 
-@pytest.fixture(scope="module")
-def threads_case():
-    return Case(THREADS_SHAPE)
+@pytest.fixture(scope="module", params=THREADS_SHAPES, ids=lambda s: f"B{s.batch}")
+def threads_case(request):
+    return Case(request.param)
 
 
 @pytest.mark.skipif("cpu" not in available_backends("cpu"), reason="the CPU kernel is not built")
