@@ -20,7 +20,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCHS = ("80", "90a")
 ENTRY = re.compile(r"Compiling entry function '(?P<name>[^']+)' for '(?P<arch>sm_\w+)'")
 FRAME = re.compile(r"(?P<stack>\d+) bytes stack frame, (?P<stores>\d+) bytes spill stores, (?P<loads>\d+) bytes spill loads")
-USED = re.compile(r"Used (?P<regs>\d+) registers(?:, used (?P<barriers>\d+) barriers)?.*?(?:(?P<smem>\d+) bytes smem)?$")
+USED = re.compile(r"Used (?P<regs>\d+) registers")
+SMEM = re.compile(r"(?P<smem>\d+) bytes smem")  # absent when the kernel has no static shared memory
 
 
 def parse_ptxas(text: str) -> list[dict]:
@@ -42,10 +43,11 @@ def parse_ptxas(text: str) -> list[dict]:
             cur["spill_stores"] += int(m["stores"])
             cur["spill_loads"] += int(m["loads"])
             continue
-        m = USED.search(line.strip())
-        if m and "registers" in line:
+        m = USED.search(line)
+        if m:
             cur["regs"] = int(m["regs"])
-            cur["smem"] = int(m["smem"] or 0)
+            smem = SMEM.search(line)
+            cur["smem"] = int(smem["smem"]) if smem else 0
     return kernels
 
 
