@@ -64,9 +64,15 @@ def likelihood_section(result: dict) -> list[str]:
 
 def main(directory: str) -> str:
     lines = []
-    arithmetic = [r for r in (_load(directory, "arithmetic"), _load(directory, "arithmetic_full")) if r]
-    if arithmetic:
-        lines += generation_section(arithmetic, "In domain: graded arithmetic word problems (held-out seed 1234)")
+    # The routers' rows are rerun when a router is retrained (arithmetic_router: taro and any fixed
+    # alpha added with it; arithmetic_full: taro-full); a method of a later file replaces the
+    # same-named method of an earlier one (arithmetic: base and GenARM).
+    runs = [(stem, r) for stem in ("arithmetic", "arithmetic_router", "arithmetic_full") if (r := _load(directory, stem))]
+    if runs:
+        lines += generation_section([r for _, r in runs],
+                                    "In domain: graded arithmetic word problems (held-out seed 1234)")
+        lines += ["Rows from " + "; ".join(f"`{stem}.json` ({', '.join(r['methods'])})" for stem, r in runs)
+                  + "; a method in a later file replaces the same method of an earlier one.", ""]
     reward = _load(directory, "arithmetic_reward_model")
     if reward:
         s = reward["summary"]["base"]

@@ -83,6 +83,8 @@ def add_commands(subparsers) -> None:
     p.add_argument("--alpha-max", type=float, default=2.0)
     p.add_argument("--cache", type=_cache_location, default=None,
                    help="keep the frozen models' logits: 'memory' or a directory (small sets)")
+    p.add_argument("--cache-dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="dtype of the cached logits (bfloat16: half the memory, features within bf16 rounding)")
     p.add_argument("--examples", default=None, metavar="JSONL",
                    help="(prompt, completion[, domain]) records (instead of --source); the last --num-val "
                         "are held out and evaluated per domain")
@@ -231,11 +233,11 @@ def _train_router(args) -> int:
     else:
         router = FullLogitsRouter(len(tokenizer), hidden=args.hidden, alpha_max=args.alpha_max)
     trainer = RouterTrainer(base, reward, tokenizer, router, train, config=config, max_length=args.max_length,
-                            cache=args.cache)
+                            cache=args.cache, cache_dtype=getattr(torch, args.cache_dtype))
     t1 = time.perf_counter()
     history = trainer.train()
     t2 = time.perf_counter()
-    grid = [a for a in (0.0, 0.25, 0.5, 1.0, 1.5, 2.0) if a <= args.alpha_max]
+    grid = [a for a in (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0) if a <= args.alpha_max]
     report = trainer.evaluate(val, fixed_alphas=grid) if val else None
     domains = sorted({r["domain"] for r in records[n_train:] if "domain" in r})
     if val and len(domains) > 1:
