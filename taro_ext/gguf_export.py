@@ -46,6 +46,14 @@ _LLAMA_NAMES = {
 }
 
 
+def _llama_config(model):
+    config = model.config
+    if getattr(config, "model_type", None) != "llama":
+        raise ValueError(f"only Llama-architecture models can be exported (model_type "
+                         f"{getattr(config, 'model_type', None)!r})")
+    return config
+
+
 def _config_fields(config) -> dict:
     """The ``llama.*`` GGUF fields of a ``LlamaConfig``."""
     rope = getattr(config, "rope_parameters", None) or {}
@@ -80,10 +88,7 @@ def _to_gguf_rope_order(weight: np.ndarray, n_heads: int) -> np.ndarray:
 
 def gguf_tensors(model) -> Iterator[tuple[str, np.ndarray]]:
     """``(gguf_name, float32 array)`` for every weight of a ``LlamaForCausalLM``, in llama.cpp's layout."""
-    config = model.config
-    if getattr(config, "model_type", None) != "llama":
-        raise ValueError(f"only Llama-architecture models can be exported (model_type "
-                         f"{getattr(config, 'model_type', None)!r})")
+    config = _llama_config(model)
     patterns = {}
     for hf, gg in _LLAMA_NAMES.items():
         patterns[hf] = gg
@@ -198,7 +203,7 @@ def write_gguf(model, path: str | os.PathLike, *, like: Optional[str | os.PathLi
     if like is None and tokenizer is None:
         raise ValueError("give like= (the base model's GGUF) or tokenizer= (a transformers tokenizer)")
     path = Path(path)
-    fields = _config_fields(model.config)
+    fields = _config_fields(_llama_config(model))
     like_types: dict = {}
     reader = None
     if like is not None:

@@ -76,6 +76,8 @@ class _Context:
         params.n_seq_max = n_seq
         params.n_threads = params.n_threads_batch = n_threads
         params.kv_unified = False  # one KV stream per sequence: attention never scans other prompts' cells
+        # As llama_cpp.Llama's default: its own samplers and this engine then run the same kernels.
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         params.no_perf = True
         self.api, self.n_seq, self.n_ctx_seq, self.n_batch = llama_cpp, n_seq, n_ctx_seq, n_batch
         self.ctx = llama_cpp.llama_init_from_model(model, params)
