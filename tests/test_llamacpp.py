@@ -271,3 +271,18 @@ def test_smollm2_taro_fused_step_equals_reference_step(smollm2):
     base = LlamaCppTaroGenerator(fused.base, None, None, mode="base").generate(SMOL_PROMPTS, max_new_tokens=16,
                                                                                chat=True)
     assert got.token_ids != base.token_ids
+
+
+@needs_llama_cpp
+def test_cli_generate_engine_llamacpp(tiny, capsys):
+    import json
+
+    from taro_ext.cli import main
+
+    ours, _ = _generators(tiny, "genarm")
+    want = ours.generate(PROMPTS[:2], max_new_tokens=6)
+    assert main(["generate", "--engine", "llamacpp", "--base", str(tiny["base_gguf"]), "--reward",
+                 str(tiny["reward_gguf"]), "--mode", "genarm", "--alpha", "1.5", "--max-new-tokens", "6", "--json",
+                 "--prompt", PROMPTS[0], "--prompt", PROMPTS[1]]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["token_ids"] == want.token_ids and got["texts"] == want.texts
