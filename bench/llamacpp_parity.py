@@ -12,6 +12,7 @@ mixed log-probs of the chosen token and the difference of their alphas.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import time
@@ -44,7 +45,10 @@ def main() -> int:
     args = p.parse_args()
 
     from taro_ext import TaroGenerator
-    from taro_ext.generation_cli import DEMO_REWARD, DEMO_ROUTER
+    import taro_ext
+
+    assets = os.path.join(os.path.dirname(taro_ext.__file__), "assets")  # the demo's reward model and router
+    DEMO_REWARD, DEMO_ROUTER = os.path.join(assets, "smollm2_reward"), os.path.join(assets, "smollm2_router")
     from taro_ext.gguf_export import cached_gguf
     from taro_ext.llamacpp import LlamaCppTaroGenerator
     from taro_ext.models import load_model, load_smollm2, smollm2_gguf_path

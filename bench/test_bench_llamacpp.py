@@ -41,7 +41,10 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def models():
-    from taro_ext.generation_cli import DEMO_REWARD, DEMO_ROUTER
+    import taro_ext
+
+    assets = os.path.join(os.path.dirname(taro_ext.__file__), "assets")  # the demo's reward model and router
+    DEMO_REWARD, DEMO_ROUTER = os.path.join(assets, "smollm2_reward"), os.path.join(assets, "smollm2_router")
     from taro_ext.gguf_export import cached_gguf
     from taro_ext.llamacpp import load_gguf
     from taro_ext.models import load_model, load_smollm2, smollm2_gguf_path

@@ -11,6 +11,7 @@ llama.cpp's own greedy sampler token for token, and TARo with the shipped reward
 by the exporter) and router runs with the fused and the reference step picking the same tokens.
 """
 import importlib.util
+import os
 
 import numpy as np
 import pytest
@@ -222,7 +223,10 @@ SMOL_PROMPTS = ["What is 17 * 24?", "Name a prime number larger than 10.", "Say 
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from taro_ext.generation_cli import DEMO_REWARD, DEMO_ROUTER
+    import taro_ext
+
+    assets = os.path.join(os.path.dirname(taro_ext.__file__), "assets")  # the demo's reward model and router
+    DEMO_REWARD, DEMO_ROUTER = os.path.join(assets, "smollm2_reward"), os.path.join(assets, "smollm2_router")
     from taro_ext.gguf_export import cached_gguf
     from taro_ext.models import smollm2_gguf_path
     from taro_ext.router import load_router
