@@ -66,10 +66,26 @@ def _vocab_texts(llama_cpp, vocab) -> list[bytes]:
     return [llama_cpp.llama_vocab_get_text(vocab, i) for i in range(llama_cpp.llama_vocab_n_tokens(vocab))]
 
 
-class _Context:
-    """One llama.cpp context of a model: ``n_seq`` sequences of up to ``n_ctx_seq`` tokens each."""
+def _free_context(llama_cpp, handle: list) -> None:
+    """Frees the context in ``handle`` (a one-item list shared with the model's exit stack), once."""
+    if handle[0]:
+        llama_cpp.llama_free(handle[0])
+        handle[0] = None
 
-    def __init__(self, llama_cpp, model, n_seq: int, n_ctx_seq: int, n_batch: int, n_threads: int):
+
+class _Context:
+    """One llama.cpp context of a model (``llama``, a ``llama_cpp.Llama``): ``n_seq`` sequences of up to
+    ``n_ctx_seq`` tokens each.
+
+    A context must be freed before its model (``llama_free`` reads the model). Python frees objects
+    in no such order (a dropped generator's attributes, cycles collected by the garbage collector,
+    interpreter exit), so the free is also registered on the model's own exit stack, as
+    llama-cpp-python does for its contexts: whoever goes first, the model's free runs after the
+    context's. The stack keeps only the one-item ``handle``, not this object, so a context nobody
+    uses is freed as soon as it is dropped.
+    """
+
+    def __init__(self, llama_cpp, llama, n_seq: int, n_ctx_seq: int, n_batch: int, n_threads: int):
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = n_seq * n_ctx_seq
         params.n_batch = n_batch
@@ -81,20 +97,31 @@ class _Context:
         params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         params.no_perf = True
         self.api, self.n_seq, self.n_ctx_seq, self.n_batch = llama_cpp, n_seq, n_ctx_seq, n_batch
-        self.ctx = llama_cpp.llama_init_from_model(model, params)
-        if not self.ctx:
+        model = llama.model
+        if model is None:
+            raise RuntimeError("the llama.cpp model is closed")
+        ctx = llama_cpp.llama_init_from_model(model, params)
+        if not ctx:
             raise RuntimeError(f"llama.cpp could not create a context ({n_seq} sequences x {n_ctx_seq} tokens)")
-        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self._handle = [ctx]
+        # llama_cpp.Llama._model is the internal LlamaModel whose exit stack frees the model (0.3.x).
+        llama._model._exit_stack.callback(_free_context, llama_cpp, self._handle)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(model))
+
+    @property
+    def ctx(self):
+        if not self._handle[0]:
+            raise RuntimeError("this llama.cpp context is closed (its model was closed)")
+        return self._handle[0]
 
     def fits(self, n_seq: int, n_ctx_seq: int, n_batch: int) -> bool:
         return n_seq == self.n_seq and n_ctx_seq <= self.n_ctx_seq and n_batch <= self.n_batch
 
     def clear(self):
-        self.api.llama_memory_clear(self.memory, True)
+        self.api.llama_memory_clear(self.api.llama_get_memory(self.ctx), True)
 
     def drop_sequence(self, seq: int):
-        self.api.llama_memory_seq_rm(self.memory, seq, -1, -1)
+        self.api.llama_memory_seq_rm(self.api.llama_get_memory(self.ctx), seq, -1, -1)
 
     def decode(self, batch, n_outputs: int) -> torch.Tensor:
         """Runs ``batch``; returns its ``n_outputs`` logits rows, ``[n_outputs, V]``, a view of llama.cpp's buffer."""
@@ -105,9 +132,7 @@ class _Context:
         return torch.from_numpy(np.ctypeslib.as_array(pointer, shape=(n_outputs, self.n_vocab)))
 
     def close(self):
-        if self.ctx:
-            self.api.llama_free(self.ctx)
-            self.ctx = None
+        _free_context(self.api, self._handle)
 
     def __del__(self):
         self.close()
@@ -153,6 +178,9 @@ class LlamaCppTaroGenerator:
     base's tokenizer). ``reward`` may be None in mode ``base``. ``n_threads`` is llama.cpp's thread
     count per model. The step runs on ``backend`` (``cpu``: the fused C++ kernel; ``torch``: the
     reference). ``generate`` has ``TaroGenerator.generate``'s signature and output.
+
+    ``close()`` (or leaving a ``with`` block) frees the llama.cpp contexts, then the models this
+    generator loaded from paths; models passed in as ``Llama`` objects stay with their owner.
     """
 
     def __init__(self, base, reward, router: Optional[_RouterBase], *, mode: str = "taro", alpha: float = 1.0,
@@ -163,20 +191,20 @@ class LlamaCppTaroGenerator:
         n_threads = as_int("n_threads", n_threads, minimum=1)
         self.api = _llama_cpp()
         self.n_threads = n_threads
-        self.base = base if isinstance(base, self.api.Llama) else load_gguf(base, n_threads=n_threads)
-        if mode == "base":
-            self.reward = None
-        elif reward is base or (not isinstance(reward, self.api.Llama) and not isinstance(base, self.api.Llama)
-                                and Path(reward).resolve() == Path(base).resolve()):
-            self.reward = self.base
-        else:
-            self.reward = reward if isinstance(reward, self.api.Llama) else load_gguf(reward, n_threads=n_threads)
-        self.vocab = self.api.llama_model_get_vocab(self.base.model)
+        self._contexts: list[_Context] = []
+        self._loaded: list = []  # the Llama models loaded here from paths: close() frees them
+        self.base = self.reward = None
+        try:
+            self._open(base, reward, mode)
+        except BaseException:
+            self.close()
+            raise
         texts = _vocab_texts(self.api, self.vocab)
         if self.reward is not None and self.reward is not self.base:
             reward_texts = _vocab_texts(self.api, self.api.llama_model_get_vocab(self.reward.model))
             if reward_texts != texts:
                 differ = [i for i, (a, b) in enumerate(zip(texts, reward_texts)) if a != b]
+                self.close()
                 raise ValueError(f"the base and reward GGUF vocabularies differ (sizes {len(texts)} vs "
                                  f"{len(reward_texts)}, {len(differ)} ids with different tokens, e.g. {differ[:3]}): "
                                  f"a reward model guides a base model only through a shared tokenizer")
@@ -191,8 +219,25 @@ class LlamaCppTaroGenerator:
         self.alpha = alpha
         self.router = router.to("cpu") if mode == "taro" else None
         self.eos_ids = sorted(i for i in range(shared_vocab) if self.api.llama_vocab_is_eog(self.vocab, i))
-        self._contexts: list[_Context] = []
         self.timings = {"forward_s": 0.0, "step_s": 0.0, "steps": 0}
+
+    def _model(self, model):
+        if isinstance(model, self.api.Llama):
+            return model
+        llama = load_gguf(model, n_threads=self.n_threads)
+        self._loaded.append(llama)
+        return llama
+
+    def _open(self, base, reward, mode: str):
+        self.base = self._model(base)
+        if mode == "base":
+            self.reward = None
+        elif reward is base or (not isinstance(reward, self.api.Llama) and not isinstance(base, self.api.Llama)
+                                and Path(reward).resolve() == Path(base).resolve()):
+            self.reward = self.base
+        else:
+            self.reward = self._model(reward)
+        self.vocab = self.api.llama_model_get_vocab(self.base.model)
 
     # --- the one call into the step ------------------------------------------------------------
     def mix(self, base_logits: torch.Tensor, reward_logits: Optional[torch.Tensor], temperature: float,
@@ -212,6 +257,7 @@ class LlamaCppTaroGenerator:
         As ``TaroGenerator.encode``: special-token texts in the prompt are parsed as special tokens,
         a plain prompt gets the BOS token when the vocabulary asks for one, a chat prompt none.
         """
+        self._check_open()
         if chat:
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
@@ -234,6 +280,7 @@ class LlamaCppTaroGenerator:
 
     def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         """The text of ``token_ids`` (as a transformers tokenizer's ``decode``, e.g. for ``explain.write_html``)."""
+        self._check_open()
         return self.base.detokenize(list(token_ids), special=not skip_special_tokens).decode("utf-8", "replace")
 
     # --- contexts --------------------------------------------------------------------------------
@@ -247,17 +294,47 @@ class LlamaCppTaroGenerator:
             for c in self._contexts:
                 c.close()
             n_ctx_seq = -(-n_ctx_seq // 256) * 256  # room for a few later calls of similar size
-            self._contexts = [_Context(self.api, m.model, n_seq, n_ctx_seq, n_batch, self.n_threads)
+            self._contexts = [_Context(self.api, m, n_seq, n_ctx_seq, n_batch, self.n_threads)
                               for m in self._models()]
         for c in self._contexts:
             c.clear()
         return self._contexts
 
     def close(self):
-        """Frees the llama.cpp contexts (the models stay loaded)."""
+        """Frees the llama.cpp contexts, then the models loaded from paths; the generator is unusable after."""
         for c in self._contexts:
             c.close()
         self._contexts = []
+        for llama in self._loaded:
+            llama.close()
+        self._loaded = []
+        self.base = self.reward = None
+
+    def _check_open(self):
+        if self.base is None:
+            raise RuntimeError("this LlamaCppTaroGenerator is closed")
+        if any(m.model is None for m in self._models()):
+            raise RuntimeError("a llama.cpp model of this LlamaCppTaroGenerator was closed by its owner")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def llama_greedy(self, prompt_ids: Sequence[int], max_new_tokens: int) -> list[int]:
+        """llama.cpp's own greedy decoding of the base model (``Llama.generate``: temperature 0, no
+        penalties) from ``prompt_ids``, up to ``max_new_tokens`` or an end-of-generation token: what
+        mode ``base`` must reproduce token for token."""
+        self._check_open()
+        out = []
+        eos = set(self.eos_ids)
+        self.base.reset()  # no reuse of an earlier prompt's KV cells (a prefix hit decodes in other splits)
+        for token in self.base.generate(list(prompt_ids), temp=0.0, repeat_penalty=1.0, reset=True):
+            out.append(token)
+            if token in eos or len(out) == max_new_tokens:
+                break
+        return out
 
     # --- generation ------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -270,6 +347,7 @@ class LlamaCppTaroGenerator:
         A prompt whose tokens plus ``max_new_tokens`` exceed a model's training context
         (``n_ctx_train``) is an error; with ``truncate_prompts=True`` it keeps only its last tokens.
         """
+        self._check_open()
         prompts, max_new_tokens, temperature, seed, stop, truncate_prompts = check_generate_args(
             prompts, max_new_tokens, temperature, seed, stop, truncate_prompts)
         prompt_ids = fit_context(self.encode(prompts, chat), max_new_tokens, self.context_length(),
