@@ -316,3 +316,34 @@ def test_cli_generate_engine_llamacpp(tiny, capsys):
                  "--prompt", PROMPTS[0], "--prompt", PROMPTS[1]]) == 0
     got = json.loads(capsys.readouterr().out)
     assert got["token_ids"] == want.token_ids and got["texts"] == want.texts
+
+
+# --- the demo, through both engines, on a tiny model standing in for SmolLM2 ----------------------
+
+def _demo_answers(tiny, tmp_path, monkeypatch, capsys, engine):
+    """``taro-ext demo --engine ENGINE`` with the tiny base in place of SmolLM2 (no reward model, a
+    seeded random router): the answer and score lines it prints (not the alphas: llama.cpp's f16 KV
+    cache moves them by ~1e-4, the printed precision)."""
+    from taro_ext import models
+    from taro_ext.cli import main
+
+    monkeypatch.setattr(models, "load_smollm2", lambda device="cpu": (tiny["base"], tiny["tok"]))
+    monkeypatch.setattr(models, "smollm2_gguf_path", lambda: tiny["base_gguf"])
+    out = tmp_path / f"demo-{engine}.html"
+    assert main(["demo", "--engine", engine, "--reward", "", "--router", "", "--max-new-tokens", "6",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"engine {engine}" in printed and out.is_file()
+    return [line for line in printed.splitlines() if line.lstrip().startswith(("A:", "right:"))]
+
+
+def test_demo_transformers_engine(tiny, tmp_path, monkeypatch, capsys):
+    lines = _demo_answers(tiny, tmp_path, monkeypatch, capsys, "transformers")
+    assert sum(line.lstrip().startswith("A:") for line in lines) == 3 * 8  # 8 problems, 3 modes
+    assert lines[-1].startswith("right: base ")
+
+
+@needs_llama_cpp
+def test_demo_llamacpp_engine_prints_what_transformers_prints(tiny, tmp_path, monkeypatch, capsys):
+    want = _demo_answers(tiny, tmp_path, monkeypatch, capsys, "transformers")
+    assert _demo_answers(tiny, tmp_path, monkeypatch, capsys, "llamacpp") == want

