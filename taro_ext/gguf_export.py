@@ -247,8 +247,15 @@ def write_gguf(model, path: str | os.PathLike, *, like: Optional[str | os.PathLi
     return path
 
 
+# A reward model fine-tuned from a quantised base has merged weights W + B A with W on the base's
+# quantisation grid: re-quantised to the base's Q4_1, the small LoRA delta B A mostly rounds back to W
+# and the fine-tune is lost (measured: GenARM through llama.cpp then writes the base's answers, not
+# the reward model's). Q8_0's 16x finer grid keeps it (the demo's GenARM answers as in transformers).
+REWARD_TYPES = "q8_0"
+
+
 def export_model(model_dir: str | os.PathLike, path: str | os.PathLike, *, like: Optional[str | os.PathLike] = None,
-                 types: str = "like") -> Path:
+                 types: str = REWARD_TYPES) -> Path:
     """Export a checkpoint or LoRA adapter directory (``load_model`` merges the adapters) to GGUF.
 
     ``like`` defaults to the embedded SmolLM2 GGUF, the base of the shipped reward model.
@@ -261,7 +268,7 @@ def export_model(model_dir: str | os.PathLike, path: str | os.PathLike, *, like:
 
 
 def cached_gguf(model_dir: str | os.PathLike, *, like: Optional[str | os.PathLike] = None,
-                types: str = "like") -> Path:
+                types: str = REWARD_TYPES) -> Path:
     """The GGUF export of ``model_dir`` under the cache directory, exported on first use.
 
     The file name is a hash of the directory's files, the base GGUF and ``types``, so a retrained
@@ -287,7 +294,8 @@ def main(argv=None) -> int:
     p.add_argument("model_dir", help="transformers checkpoint or LoRA adapter directory (adapters are merged)")
     p.add_argument("out", help="GGUF file to write")
     p.add_argument("--like", help="the base model's GGUF (default: the embedded SmolLM2 GGUF)")
-    p.add_argument("--types", choices=TYPES, default="like", help="tensor types (default: those of --like)")
+    p.add_argument("--types", choices=TYPES, default=REWARD_TYPES,
+                   help=f"tensor types (default {REWARD_TYPES}: 'like', the base's, loses a LoRA fine-tune of a Q4 base)")
     args = p.parse_args(argv)
     print(export_model(args.model_dir, args.out, like=args.like, types=args.types))
     return 0
