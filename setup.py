@@ -99,4 +99,6 @@ setup(
     ext_modules=_extensions(),
     cmdclass=_cmdclass(),
     entry_points={"console_scripts": ["taro-ext=taro_ext.cli:main"]},
+    # The llama.cpp engine (taro_ext.llamacpp): llama-cpp-python compiles llama.cpp from source.
+    extras_require={"llamacpp": open(os.path.join(ROOT, "requirements-llamacpp.txt")).read().split()},
 )

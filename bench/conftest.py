@@ -62,3 +62,8 @@ def pytest_benchmark_update_machine_info(config, machine_info):
 
 def pytest_benchmark_update_json(config, benchmarks, output_json):
     output_json["command"] = " ".join(["pytest"] + sys.argv[1:])
+    # The load when the run ends (the start's can go in TARO_BENCH_NOTE): the machine may be shared.
+    try:
+        output_json["uptime_end"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        pass

@@ -41,6 +41,7 @@ class Row:
     bytes_read: Optional[int]
     bytes_moved: Optional[int]
     paired: Optional[dict] = None  # alternating-calls ratio: {"ratio", "min", "max", "pairs"}
+    step_share: Optional[float] = None  # fraction of a generate call's forward + step time in the step
 
     @property
     def tokens_per_s(self) -> Optional[float]:
@@ -78,7 +79,8 @@ def load_groups(data: dict, stat: str = "min") -> list:
         paired = ({"ratio": info["paired_ratio"], "min": info["paired_min"], "max": info["paired_max"],
                    "pairs": info["pairs"]} if "paired_ratio" in info else None)
         group.rows.append(Row(info["label"], float(bench["stats"][stat]), int(bench["stats"]["rounds"]),
-                              int(info.get("tokens", 0)), info.get("bytes_read"), info.get("bytes_moved"), paired))
+                              int(info.get("tokens", 0)), info.get("bytes_read"), info.get("bytes_moved"), paired,
+                              info.get("step_share")))
     return list(groups.values())
 
 
@@ -147,6 +149,8 @@ def render(data: dict, stat: str = "min", plot_name: Optional[str] = None) -> st
         lines.append(f"- note: {machine['note']}")
     if data.get("command"):
         lines.append(f"- command: `{data['command']}`")
+    if data.get("uptime_end"):
+        lines.append(f"- machine load at the end (`uptime`): {data['uptime_end']}")
     lines.append(f"- date: {data.get('datetime', '?')}")
     commit = data.get("commit_info", {})
     if commit.get("id"):
@@ -182,6 +186,7 @@ def render(data: dict, stat: str = "min", plot_name: Optional[str] = None) -> st
             continue
         base = g.row(g.baseline)
         show_bw = any(r.bytes_read for r in g.rows)
+        show_share = any(r.step_share is not None for r in g.rows)
         lines += [f"## {g.name}", "", f"Baseline: {g.baseline}" + ("" if base else " (not measured in this run)"),
                   ""]
         header = "| | time / call | rounds | tokens/s | vs baseline |"
@@ -189,6 +194,9 @@ def render(data: dict, stat: str = "min", plot_name: Optional[str] = None) -> st
         if show_bw:
             header += " read GB/s | of copy roofline |"
             sep += "---|---|"
+        if show_share:
+            header += " step share |"
+            sep += "---|"
         lines += [header, sep]
         for r in g.rows:
             if r.paired:
@@ -201,6 +209,8 @@ def render(data: dict, stat: str = "min", plot_name: Optional[str] = None) -> st
                     cells += [f"{bw / 1e9:.0f}", f"{bw / copy_bw:.0%}" if copy_bw else "-"]
                 else:
                     cells += ["-", "-"]
+            if show_share:
+                cells.append("-" if r.step_share is None else f"{r.step_share:.1%}")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
         for r in g.rows:

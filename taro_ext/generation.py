@@ -36,7 +36,7 @@ case: CUDA-graph capture here covers a single device.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
 
@@ -98,6 +98,84 @@ def check_tokenizers(tokenizer, reward_tokenizer=None, *, base_model=None, rewar
     return vocab_size
 
 
+def check_mode_args(mode: str, alpha, router, reward_model, backend: str) -> float:
+    """The checks on a generator's mode arguments, shared by the engines (raises naming the argument).
+
+    Returns the alpha the step uses: the checked fixed ``alpha`` in mode ``genarm``, else 0.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if backend not in ("auto",) + BACKENDS:
+        raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {backend!r}")
+    if mode != "base" and reward_model is None:
+        raise ValueError(f"mode={mode!r} needs a reward_model")
+    if mode == "taro" and not isinstance(router, _RouterBase):
+        raise TypeError(f"mode='taro' needs a TopKRouter or FullLogitsRouter as router, got {type(router).__name__}")
+    return check_alpha("alpha", alpha) if mode == "genarm" else 0.0
+
+
+class GenerateArgs(NamedTuple):
+    """``generate``'s arguments as checked by ``check_generate_args``."""
+
+    prompts: list[str]
+    max_new_tokens: int
+    temperature: float
+    seed: int
+    stop: list[str]
+    truncate_prompts: bool
+
+
+def check_generate_args(prompts, max_new_tokens, temperature, seed, stop, truncate_prompts) -> GenerateArgs:
+    """The checks on ``generate``'s arguments, shared by the engines; prompts and stop come back as lists."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    elif not isinstance(prompts, Sequence) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise TypeError(f"prompts must be a string or a non-empty list of strings, got {prompts!r:.80}")
+    max_new_tokens = as_int("max_new_tokens", max_new_tokens, minimum=1)
+    temperature = check_temperature(temperature)
+    # torch.Generator.manual_seed takes [-2**63, 2**64); seeds are non-negative here.
+    seed = as_int("seed", seed, minimum=0, maximum=2 ** 64 - 1)
+    if stop is None:
+        stop = []
+    elif isinstance(stop, str):
+        stop = [stop]
+    elif not isinstance(stop, Sequence) or not all(isinstance(s, str) for s in stop):
+        raise TypeError(f"stop must be a string or a list of non-empty strings, got {stop!r:.80}")
+    if any(not s for s in stop):
+        raise ValueError("stop strings must be non-empty")
+    if not isinstance(truncate_prompts, bool):
+        raise TypeError(f"truncate_prompts must be True or False, got {truncate_prompts!r}")
+    return GenerateArgs(list(prompts), max_new_tokens, temperature, seed, list(stop), truncate_prompts)
+
+
+def fit_context(prompt_ids: list[list[int]], max_new_tokens: int, limit: Optional[int], limit_source: str,
+                truncate: bool) -> list[list[int]]:
+    """``prompt_ids`` checked against a context of ``limit`` positions (None: no limit; ``limit_source``
+    names where it comes from) with room for ``max_new_tokens``; a prompt too long is an error, or
+    with ``truncate`` keeps its last tokens."""
+    if any(len(p) == 0 for p in prompt_ids):
+        raise ValueError("every prompt must encode to at least one token")
+    if limit is None:
+        return prompt_ids
+    if max_new_tokens >= limit:
+        raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the models' "
+                         f"context of {limit} positions ({limit_source})")
+    room = limit - max_new_tokens
+    too_long = [i for i, p in enumerate(prompt_ids) if len(p) > room]
+    if too_long and not truncate:
+        i = too_long[0]
+        raise ValueError(f"prompt {i} has {len(prompt_ids[i])} tokens; with max_new_tokens={max_new_tokens} "
+                         f"that exceeds the models' context of {limit} positions ({limit_source}). Shorten it, lower "
+                         f"max_new_tokens, or pass truncate_prompts=True (keeps the last {room} tokens)")
+    return [p[len(p) - room:] if len(p) > room else p for p in prompt_ids]
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> Optional[str]:
+    """``text`` cut before its first stop string, or None when it holds none."""
+    hits = [text.find(s) for s in stop if s in text]
+    return text[:min(hits)] if hits else None
+
+
 class TaroGenerator:
     """Batched decoding from ``base_model`` steered by ``reward_model`` (and ``router`` in mode ``taro``).
 
@@ -110,18 +188,9 @@ class TaroGenerator:
     def __init__(self, base_model, reward_model, router: Optional[_RouterBase], tokenizer, *, mode: str = "taro",
                  alpha: float = 1.0, backend: str = "auto", reward_tokenizer=None, vocab_size: Optional[int] = None,
                  cache: str = "dynamic", cuda_graph: bool = False):
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        alpha = check_mode_args(mode, alpha, router, reward_model, backend)
         if cache not in CACHES:
             raise ValueError(f"cache must be one of {CACHES}, got {cache!r}")
-        if backend not in ("auto",) + BACKENDS:
-            raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {backend!r}")
-        if mode != "base" and reward_model is None:
-            raise ValueError(f"mode={mode!r} needs a reward_model")
-        if mode == "taro" and not isinstance(router, _RouterBase):
-            raise TypeError(f"mode='taro' needs a TopKRouter or FullLogitsRouter as router, got {type(router).__name__}")
-        if mode == "genarm":
-            alpha = check_alpha("alpha", alpha)
         shared_vocab = check_tokenizers(tokenizer, reward_tokenizer, base_model=base_model,
                                         reward_model=reward_model if mode != "base" else None)
         if vocab_size is not None:
@@ -132,7 +201,7 @@ class TaroGenerator:
                              f"{self.vocab_size} tokens")
         self.base_model, self.tokenizer, self.mode, self.backend, self.cache = base_model, tokenizer, mode, backend, cache
         self.reward_model = reward_model if mode != "base" else None
-        self.alpha = float(alpha) if mode == "genarm" else 0.0
+        self.alpha = alpha
         self.step_device = device_of(base_model, output=True)
         self.router = router.to(self.step_device) if mode == "taro" else None
         if backend != "auto" and backend not in available_backends(self.step_device):
@@ -186,23 +255,6 @@ class TaroGenerator:
         limits = [n for n in limits if isinstance(n, int) and n > 0]
         return min(limits) if limits else None
 
-    def _fit_context(self, prompt_ids: list[list[int]], max_new_tokens: int, truncate: bool) -> list[list[int]]:
-        limit = self.context_length()
-        if limit is None:
-            return prompt_ids
-        if max_new_tokens >= limit:
-            raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the models' "
-                             f"context of {limit} positions (max_position_embeddings)")
-        room = limit - max_new_tokens
-        too_long = [i for i, p in enumerate(prompt_ids) if len(p) > room]
-        if too_long and not truncate:
-            i = too_long[0]
-            raise ValueError(f"prompt {i} has {len(prompt_ids[i])} tokens; with max_new_tokens={max_new_tokens} "
-                             f"that exceeds the models' context of {limit} positions (max_position_embeddings). "
-                             f"Shorten it, lower max_new_tokens, or pass truncate_prompts=True (keeps the last "
-                             f"{room} tokens)")
-        return [p[len(p) - room:] if len(p) > room else p for p in prompt_ids]
-
     # --- generation ------------------------------------------------------------------------------
     @torch.inference_mode()
     def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 64, temperature: float = 0.0,
@@ -215,30 +267,10 @@ class TaroGenerator:
         (``config.max_position_embeddings``) is an error; with ``truncate_prompts=True`` such a
         prompt keeps only its last tokens (those that fit; ``prompt_lengths`` reports what was kept).
         """
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        elif not isinstance(prompts, Sequence) or not prompts or not all(isinstance(p, str) for p in prompts):
-            raise TypeError(f"prompts must be a string or a non-empty list of strings, got {prompts!r:.80}")
-        prompts = list(prompts)
-        max_new_tokens = as_int("max_new_tokens", max_new_tokens, minimum=1)
-        temperature = check_temperature(temperature)
-        # torch.Generator.manual_seed takes [-2**63, 2**64); seeds are non-negative here.
-        seed = as_int("seed", seed, minimum=0, maximum=2 ** 64 - 1)
-        if stop is None:
-            stop = []
-        elif isinstance(stop, str):
-            stop = [stop]
-        elif not isinstance(stop, Sequence) or not all(isinstance(s, str) for s in stop):
-            raise TypeError(f"stop must be a string or a list of non-empty strings, got {stop!r:.80}")
-        stop = list(stop)
-        if any(not s for s in stop):
-            raise ValueError("stop strings must be non-empty")
-        if not isinstance(truncate_prompts, bool):
-            raise TypeError(f"truncate_prompts must be True or False, got {truncate_prompts!r}")
-        prompt_ids = self.encode(prompts, chat)
-        if any(len(p) == 0 for p in prompt_ids):
-            raise ValueError("every prompt must encode to at least one token")
-        prompt_ids = self._fit_context(prompt_ids, max_new_tokens, truncate_prompts)
+        prompts, max_new_tokens, temperature, seed, stop, truncate_prompts = check_generate_args(
+            prompts, max_new_tokens, temperature, seed, stop, truncate_prompts)
+        prompt_ids = fit_context(self.encode(prompts, chat), max_new_tokens, self.context_length(),
+                                 "max_position_embeddings", truncate_prompts)
         ids, mask = left_pad(prompt_ids, self.pad_id)
         batch = len(prompts)
         decoder = (_StaticDecoder(self, batch, ids.shape[1] + max_new_tokens) if self.cache == "static"
@@ -272,10 +304,9 @@ class TaroGenerator:
                 if token in eos:
                     finished[row] = True
                 elif stop:
-                    text = self.tokenizer.decode(out_ids[row], skip_special_tokens=True)
-                    hits = [text.find(s) for s in stop if s in text]
-                    if hits:
-                        texts[row], finished[row] = text[:min(hits)], True
+                    cut = cut_at_stop(self.tokenizer.decode(out_ids[row], skip_special_tokens=True), stop)
+                    if cut is not None:
+                        texts[row], finished[row] = cut, True
             if progress is not None:
                 progress(n + 1, batch - sum(finished))
             if all(finished) or n + 1 == max_new_tokens:

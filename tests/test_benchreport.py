@@ -83,3 +83,16 @@ def test_rejects_json_from_another_suite(tmp_path):
     data = {"benchmarks": [{"group": "g", "fullname": "x::y", "stats": {"min": 1.0, "rounds": 1}, "extra_info": {}}]}
     with pytest.raises(ValueError, match="label"):
         benchreport.load_groups(data)
+
+
+def test_step_share_column_and_end_load():
+    data = {**DATA, "uptime_end": "load average: 1.00, 1.10, 1.20", "benchmarks": [
+        _bench("engines", "taro (transformers)", 4.0, 16, "taro (transformers)"),
+        _bench("engines", "taro (llama.cpp)", 0.25, 16, "taro (transformers)", step_share=0.125),
+    ]}
+    text = benchreport.render(data)
+    assert "- machine load at the end (`uptime`): load average: 1.00, 1.10, 1.20" in text
+    assert "| | time / call | rounds | tokens/s | vs baseline | step share |" in text
+    assert "| taro (transformers) | 4.00 s | 3 | 4.0 | 1x | - |" in text
+    assert "| taro (llama.cpp) | 250.00 ms | 3 | 64.0 | 16x | 12.5% |" in text
+    assert "step share" not in benchreport.render(DATA)

