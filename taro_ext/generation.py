@@ -114,6 +114,19 @@ def check_mode_args(mode: str, alpha, router, reward_model, backend: str) -> flo
     return check_alpha("alpha", alpha) if mode == "genarm" else 0.0
 
 
+def check_vocab_size(vocab_size, shared_vocab: int, mode: str, router, source: str) -> int:
+    """The vocabulary the step uses (default: ``shared_vocab``, the models' shared one), checked
+    against it and, in mode ``taro``, against the router's; ``source`` names where
+    ``shared_vocab`` came from in the error ("the tokenizer's", "the GGUF vocabulary's")."""
+    if vocab_size is not None:
+        vocab_size = as_int("vocab_size", vocab_size, minimum=1, maximum=shared_vocab)
+    vocab_size = shared_vocab if vocab_size is None else vocab_size
+    if mode == "taro" and router.vocab_size < vocab_size:
+        raise ValueError(f"the router was built for vocab_size={router.vocab_size}, below {source} "
+                         f"{vocab_size} tokens")
+    return vocab_size
+
+
 class GenerateArgs(NamedTuple):
     """``generate``'s arguments as checked by ``check_generate_args``."""
 
@@ -193,12 +206,7 @@ class TaroGenerator:
             raise ValueError(f"cache must be one of {CACHES}, got {cache!r}")
         shared_vocab = check_tokenizers(tokenizer, reward_tokenizer, base_model=base_model,
                                         reward_model=reward_model if mode != "base" else None)
-        if vocab_size is not None:
-            vocab_size = as_int("vocab_size", vocab_size, minimum=1, maximum=shared_vocab)
-        self.vocab_size = shared_vocab if vocab_size is None else vocab_size
-        if mode == "taro" and router.vocab_size < self.vocab_size:
-            raise ValueError(f"the router was built for vocab_size={router.vocab_size}, below the tokenizer's "
-                             f"{self.vocab_size} tokens")
+        self.vocab_size = check_vocab_size(vocab_size, shared_vocab, mode, router, "the tokenizer's")
         self.base_model, self.tokenizer, self.mode, self.backend, self.cache = base_model, tokenizer, mode, backend, cache
         self.reward_model = reward_model if mode != "base" else None
         self.alpha = alpha

@@ -34,7 +34,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from .generation import GenerationOutput, check_generate_args, check_mode_args, cut_at_stop, fit_context
+from .generation import (GenerationOutput, check_generate_args, check_mode_args, check_vocab_size, cut_at_stop,
+                         fit_context)
 from .router import _RouterBase
 from .step import StepResult, taro_step
 from .validate import as_int
@@ -209,12 +210,7 @@ class LlamaCppTaroGenerator:
                                  f"{len(reward_texts)}, {len(differ)} ids with different tokens, e.g. {differ[:3]}): "
                                  f"a reward model guides a base model only through a shared tokenizer")
         shared_vocab = len(texts)
-        if vocab_size is not None:
-            vocab_size = as_int("vocab_size", vocab_size, minimum=1, maximum=shared_vocab)
-        self.vocab_size = shared_vocab if vocab_size is None else vocab_size
-        if mode == "taro" and router.vocab_size < self.vocab_size:
-            raise ValueError(f"the router was built for vocab_size={router.vocab_size}, below the GGUF "
-                             f"vocabulary's {self.vocab_size} tokens")
+        self.vocab_size = check_vocab_size(vocab_size, shared_vocab, mode, router, "the GGUF vocabulary's")
         self.mode, self.backend = mode, backend
         self.alpha = alpha
         self.router = router.to("cpu") if mode == "taro" else None
