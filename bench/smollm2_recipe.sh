@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The SmolLM2-135M recipe: training data, the LoRA ARM reward model (SFT warm start, then the
-# pair loss with a chosen-step NLL term), the TopK router and the full-logits router.
+# pair loss with a chosen-step NLL term), a first TopK router, the corrections of its TARo policy's
+# wrong results, then the TopK router and the full-logits router on all of it.
 # `make recipe` runs it; it writes under $OUT (default recipe_out/) and logs each stage's wall
 # time to $OUT/run_log.txt. `SHIP=1` copies the reward adapters and the TopK router to
 # taro_ext/assets (the full-logits router, 25 MB, is an evaluation baseline and is not shipped).
@@ -25,13 +26,22 @@ stage reward $PY -m taro_ext.cli train-reward --model smollm2 --chat \
   --max-length 160 --batch-size 16 --micro-batch-size 8 --epochs 1 --output "$OUT/reward" --no-progress
 # alpha_max 4: on the held-out examples the router with alpha_max 2 sat near its cap in domain (mean
 # 1.77); with 4 its held-out NLL is lower in domain and unchanged out of domain (README). The frozen
-# models' logits are cached in memory as bf16 (about 6 GB): the first epoch runs both models, the
-# next two only the router.
-ROUTER_ARGS=(--base smollm2 --reward "$OUT/reward" --chat --examples "$OUT/data/router.jsonl" --num-train 380
-             --num-val 60 --max-length 256 --lr 3e-3 --batch-size 16 --micro-batch-size 8 --alpha-max 4
-             --epochs 3 --cache memory --cache-dtype bfloat16 --no-progress)
-stage router_topk $PY -m taro_ext.cli train-router "${ROUTER_ARGS[@]}" --design topk --output "$OUT/router_topk"
-stage router_full $PY -m taro_ext.cli train-router "${ROUTER_ARGS[@]}" --design full --output "$OUT/router_full"
+# models' logits are cached on disk as bf16 ($OUT/logits_cache, about 7 GB; files keyed by each
+# example's tokens and the models' weights), so every later epoch and every later router reuses them.
+ROUTER_ARGS=(--base smollm2 --reward "$OUT/reward" --chat --max-length 256 --lr 3e-3 --batch-size 16
+             --micro-batch-size 8 --alpha-max 4 --epochs 3 --warmup-steps 15 --cache "$OUT/logits_cache"
+             --cache-dtype bfloat16 --no-progress)
+# Round 1: correct solutions and the base's general answers.
+stage router_round1 $PY -m taro_ext.cli train-router "${ROUTER_ARGS[@]}" --examples "$OUT/data/router.jsonl" \
+  --num-train 380 --num-val 60 --design topk --output "$OUT/router_round1"
+# Round 2 (one round of DAgger): TARo with the round-1 router answers 400 further problems; each wrong
+# result in its answers becomes a correction row (its answer up to the "=", then the right result).
+stage corrections $PY -m taro_ext.cli make-corrections --base smollm2 --reward "$OUT/reward" \
+  --router "$OUT/router_round1" --num-problems 400 --output "$OUT/data/corrections.jsonl"
+# Both files shuffled together (--seed 0); 105 rows held out.
+ROUND2=(--examples "$OUT/data/router.jsonl" "$OUT/data/corrections.jsonl" --num-train 100000 --num-val 105)
+stage router_topk $PY -m taro_ext.cli train-router "${ROUTER_ARGS[@]}" "${ROUND2[@]}" --design topk --output "$OUT/router_topk"
+stage router_full $PY -m taro_ext.cli train-router "${ROUTER_ARGS[@]}" "${ROUND2[@]}" --design full --output "$OUT/router_full"
 if [ "${SHIP:-0}" = 1 ]; then
   rm -rf taro_ext/assets/smollm2_reward taro_ext/assets/smollm2_router
   cp -r "$OUT/reward" taro_ext/assets/smollm2_reward

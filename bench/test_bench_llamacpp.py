@@ -2,8 +2,9 @@
 
 Models: SmolLM2-135M-Instruct as base, the shipped LoRA reward model (taro_ext/assets/smollm2_reward)
 and router (taro_ext/assets/smollm2_router). llama.cpp decodes the Q4_1 base GGUF and the reward
-model's GGUF export (the base's tensor types); transformers decodes the dequantised fp32 checkpoint
-and the merged reward model. Greedy, chat template, 16 new tokens.
+model's GGUF export (Q8_0, ``taro_ext.gguf_export``'s default); transformers decodes the dequantised
+fp32 checkpoint and the merged reward model. Greedy, chat template, 64 new tokens (with the prompt's
+prefill in the time: 16 new tokens would time mostly the prefill).
 
 One group per batch size (B=1, B=8) and thread count (1, 2: llama.cpp threads per model, torch
 intra-op threads); baseline ``taro (transformers)``, so ``vs baseline`` of ``taro (llama.cpp)`` is the
@@ -29,7 +30,7 @@ import torch
 from benchlib import natural_genarm_step, natural_taro_step, run_timed
 
 OPT_IN = "TARO_BENCH_LLAMACPP"
-NEW_TOKENS = 16
+NEW_TOKENS = 64
 PROMPTS = ["What is 17 * 24? Think step by step.", "A shop sells pens at 3 dollars each. How much do 12 pens cost?",
            "Solve for x: 2x + 6 = 20.", "Name three prime numbers and say why they are prime.",
            "Explain why the sky is blue.", "Write a short poem about the sea.",

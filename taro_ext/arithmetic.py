@@ -16,8 +16,12 @@ a model cannot key on one template.
 """
 from __future__ import annotations
 
+import ast
+import operator
 import random
-from typing import Sequence
+import re
+from fractions import Fraction
+from typing import Optional, Sequence
 
 from .data import Solution
 
@@ -144,3 +148,45 @@ def graded_problems(n: int, seed: int, levels: Sequence[int] = LEVELS) -> list[t
     return [(levels[i % len(levels)], word_problem(levels[i % len(levels)], seed, i // len(levels)))
             for i in range(n)]
 
+
+
+# --- checking a model's arithmetic -------------------------------------------------------------
+
+# `expression = result`: integers joined by + - * / x × ÷ (parentheses allowed), "=", an integer.
+_EQUATION = re.compile(r"(?<![\w.])((?:\(\s*)*\d+(?:\s*\)*\s*[-+*/x×÷]\s*\(*\s*\d+)+\s*\)*)\s*=(\s*)(-?\d+)(?![\d.,]\d)")
+_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: Fraction}
+
+
+def _value(node) -> Fraction:
+    if isinstance(node, ast.Constant) and isinstance(node.value, int):
+        return Fraction(node.value)
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+        left, right = _value(node.left), _value(node.right)
+        if isinstance(node.op, ast.Div) and right == 0:
+            raise ZeroDivisionError
+        return _BINARY[type(node.op)](left, right)
+    raise ValueError("not an arithmetic expression")
+
+
+def expression_value(expression: str) -> Optional[Fraction]:
+    """The exact value of an integer expression (``+ - * /``, ``x × ÷``, parentheses; the usual
+    precedence), or None when it is not one (or divides by zero)."""
+    text = expression.replace("×", "*").replace("÷", "/").replace("x", "*")
+    try:
+        return _value(ast.parse(text, mode="eval").body)
+    except (SyntaxError, ValueError, ZeroDivisionError, RecursionError):
+        return None
+
+
+def wrong_results(text: str) -> list[tuple[int, str]]:
+    """Each ``expression = N`` in ``text`` whose N is not the expression's value, as
+    ``(offset, correct)``: ``text[:offset]`` ends with the "=" and ``correct`` is what should
+    follow it (the whitespace the text has there, then the right integer). Equations whose
+    value is not an integer are skipped: there is no single right way to write them."""
+    out = []
+    for m in _EQUATION.finditer(text):
+        value = expression_value(m.group(1))
+        if value is None or value.denominator != 1 or int(m.group(3)) == value:
+            continue
+        out.append((m.start(2), m.group(2) + str(value.numerator)))
+    return out

@@ -84,6 +84,23 @@ class _RouterBase(nn.Module):
         x = self.features(stats)
         return reference.router_mlp(x, self.w1, self.b1, self.w2, self.b2, self.alpha_max)
 
+    def input_features(self, base_logits: torch.Tensor, reward_logits: torch.Tensor,
+                       vocab_size: Optional[int] = None) -> torch.Tensor:
+        """The router input ``x`` [B, in_features] of logits rows [B, >= V] (spec step 4), without gradient."""
+        v = self.vocab_size if vocab_size is None else vocab_size
+        with torch.no_grad():
+            return self.features(reference.row_stats(base_logits, reward_logits, v, self.topk))
+
+    @torch.no_grad()
+    def standardise_first_layer(self, x: torch.Tensor) -> None:
+        """Data-dependent initialisation (as weight normalisation's, Salimans & Kingma 2016): rescale
+        each row of ``w1`` and set ``b1`` so that hidden unit's pre-activation has mean 0 and
+        standard deviation 1 over the router inputs ``x`` [N, in_features] (training positions)."""
+        pre = x.float() @ self.w1.float().t()
+        std = pre.std(dim=0, unbiased=False).clamp_min(1e-6)
+        self.w1.div_(std[:, None].to(self.w1.dtype))
+        self.b1.copy_((-pre.mean(dim=0) / std).to(self.b1.dtype))
+
     def save_pretrained(self, directory: str) -> None:
         """Write ``directory`` (config and weights), atomically: a kill at any moment leaves the
         previous router there or this one (``atomic.replace_directory``; a trainer's checkpoints

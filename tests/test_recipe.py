@@ -144,3 +144,55 @@ def test_cli_make_data_then_reward_with_warm_start_then_router_by_domain(tmp_pat
         assert sorted(log["val"]["by_domain"]) == domains
     out = capsys.readouterr().out
     assert "SFT took" in out and "held-out NLL per token (all" in out
+
+    # make-corrections with the TARo policy just trained (a random tiny model: any rows it finds are
+    # real wrong results), then a router on both files, shuffled together.
+    corrections = tmp_path / "corrections.jsonl"
+    assert main(["make-corrections", "--base", str(tmp_path / "base"), "--reward", str(tmp_path / "rm"),
+                 "--router", str(tmp_path / "router"), "--num-problems", "4", "--max-new-tokens", "8",
+                 "--output", str(corrections)]) == 0
+    found = [json.loads(line) for line in corrections.read_text().splitlines()]
+    # Each row's prefix ends at an "=" and the completion makes the last equation right.
+    assert all(r["prefix"].endswith("=") and len(r["prefix"]) not in
+               {offset for offset, _ in arithmetic.wrong_results(r["prefix"] + r["completion"])} for r in found)
+    corrections.write_text("".join(json.dumps(r) + "\n" for r in found + recipe_data.corrections("Q?", "2 + 2 = 5")))
+    assert main(["train-router", "--base", str(tmp_path / "base"), "--reward", str(tmp_path / "rm"),
+                 "--examples", str(data / "router.jsonl"), str(corrections), "--num-train", str(len(rows)),
+                 "--num-val", str(len(found) + 1), "--k", "4", "--embed-dim", "4", "--hidden", "8", "--max-steps", "1",
+                 "--output", str(tmp_path / "router2"), *common]) == 0
+    assert f"train examples: {len(rows)}, held-out: {len(found) + 1}" in capsys.readouterr().out
+    assert main(["make-corrections", "--base", str(tmp_path / "base"), "--reward", str(tmp_path / "rm"),
+                 "--output", str(corrections)]) == 2
+    assert "--reward and --router go together" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Ben has 24 + 16 = 30 apples.", [(17, " 40")]),
+    ("So (36 + 15 + 8) = 150 in all.", [(18, " 59")]),  # parentheses and a three-term sum
+    ("First, 5 x 3 = 15. Then 15 - 4 = 12.", [(32, " 11")]),  # the first is right
+    ("2 * 3 + 4 = 10 and 2 + 3 * 4 = 20", [(30, " 14")]),  # precedence
+    ("12 ÷ 4 = 4, 3 × 7 = 21", [(8, " 3")]),
+    ("9 - 3 =7", [(7, "6")]),  # no space after "=": none in the correction either
+    ("7 / 2 = 3", []),  # not an integer: no single right way to write it
+    ("1.5 + 2 = 4, 3 + 4 = 7.5", []),  # decimals are not checked
+    ("On 2024-5 = 2019 no", []),  # right
+    ("12 + 5 = 17, and 17 - 3 = 14", []),
+])
+def test_wrong_results_find_every_wrong_integer_result(text, expected):
+    assert arithmetic.wrong_results(text) == expected
+    assert all(text[offset - 1] == "=" for offset, _ in expected)
+
+
+def test_corrections_become_router_examples_with_the_answer_as_untrained_prefix():
+    tok = char_tokenizer()
+    answer = "First, 5 + 3 = 9 pens.\nThen, 9 - 2 = 7 pens.\nThe answer is 7."
+    rows = recipe_data.corrections("Q?", answer)
+    assert rows == [{"prompt": "Q?", "prefix": "First, 5 + 3 =", "completion": " 8", "domain": "correction",
+                     "loss": "top1"}]
+    pairs = recipe_data.router_pairs(rows + [{"prompt": "Q?", "completion": "A"}], tok, chat=True)
+    rendered = recipe_data.data.render_prompt("Q?", tok, True)
+    assert pairs == [(rendered + "First, 5 + 3 =", " 8", "top1"), (rendered, "A", "nll")]
+    from taro_ext.training.batches import encode_completion
+
+    ctx, comp = encode_completion(tok, *pairs[0][:2], max_length=256)
+    assert tok.decode(comp) == " 8" and tok.decode(ctx).endswith("First, 5 + 3 =")

@@ -250,6 +250,90 @@ def test_router_beats_alpha_zero_and_best_fixed_alpha(tmp_path):
     torch.testing.assert_close(reloaded(*rows), router(*rows))
 
 
+def test_top1_loss_is_a_hinge_on_the_greedy_pick():
+    from taro_ext.training.router_training import mixed_top1_loss
+
+    base = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 0.0]])
+    reward = torch.tensor([[0.0, 2.0, 0.0], [1.0, 0.0, 0.0]])
+    alpha, targets = torch.tensor([1.0, 0.5]), torch.tensor([1, 0])
+    lp_b, lp_r = torch.log_softmax(base, -1), torch.log_softmax(reward, -1)
+    s = lp_b + alpha[:, None] * lp_r
+    want = [math.log1p(math.exp(max(s[i, j] for j in range(3) if j != t) - s[i, t])) for i, t in enumerate(targets)]
+    got = mixed_top1_loss(base, reward, alpha, targets, 3)
+    torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float32))
+    assert got[0] < math.log(2) < got[1]  # row 0's target is the greedy pick, row 1's is not
+    # Only alpha carries a gradient, and it lowers the loss where the reward model prefers the target.
+    a = torch.tensor([1.0, 0.5], requires_grad=True)
+    mixed_top1_loss(base, reward, a, targets, 3).sum().backward()
+    assert a.grad[0] < 0 and a.grad[1] < 0
+
+
+def test_router_trainer_uses_each_examples_loss():
+    tok = char_tokenizer()
+    base, reward = bigram_task(tok)
+    examples = bigram_examples(4, seed=0)
+    losses = {}
+    for kind in ("nll", "top1"):
+        torch.manual_seed(0)
+        trainer = RouterTrainer(base, reward, tok, TopKRouter(len(tok), k=4, embed_dim=4, hidden=8),
+                                [(p, t, kind) for p, t in examples], config=quiet(max_steps=1, device="cpu"))
+        losses[kind] = trainer._loss(trainer.router, [0, 1])[0].item()
+        from taro_ext.training.router_training import LOSSES
+
+        b, r, t = trainer.frozen.rows([0, 1])
+        want = LOSSES[kind](b, r, trainer.router(b, r, len(tok)), t, len(tok)).sum().item()
+        assert losses[kind] == pytest.approx(want, rel=1e-6)
+    assert losses["nll"] != pytest.approx(losses["top1"])
+    with pytest.raises(ValueError, match=r"examples\[0\]: loss must be one of \['nll', 'top1'\]"):
+        RouterTrainer(base, reward, tok, TopKRouter(len(tok), k=4), [(examples[0][0], examples[0][1], "mse")])
+
+
+def test_full_router_starts_unsaturated_and_learns(tmp_path):
+    from taro_ext import FullLogitsRouter
+    from taro_ext.reference import full_features, row_stats
+
+    torch.manual_seed(0)
+    base_rows, reward_rows = 3 * torch.randn(64, 5000), 3 * torch.randn(64, 5000)  # log-probs about -12
+    router = FullLogitsRouter(5000, hidden=16, alpha_max=2.0)
+    x = router.input_features(base_rows, reward_rows)
+    torch.testing.assert_close(x, full_features(row_stats(base_rows, reward_rows, 5000, None)))
+    router.standardise_first_layer(x)
+    pre = x @ router.w1.t() + router.b1
+    torch.testing.assert_close(pre.mean(0), torch.zeros(16), atol=1e-3, rtol=0)
+    torch.testing.assert_close(pre.std(0, unbiased=False), torch.ones(16), atol=1e-3, rtol=0)
+    alpha = router(base_rows, reward_rows)
+    assert ((alpha > 0.05) & (alpha < 1.95)).all()  # sigmoid(u) is not saturated: gradients flow
+
+    tok = char_tokenizer()
+    base, reward = bigram_task(tok)
+    torch.manual_seed(0)
+    router = FullLogitsRouter(len(tok), hidden=16)
+    trainer = RouterTrainer(base, reward, tok, router, bigram_examples(64, seed=0), cache="memory",
+                            config=quiet(learning_rate=1e-2, batch_size=16, micro_batch_size=16, max_steps=60,
+                                         device="cpu"))
+    trainer.train()
+    result = trainer.evaluate(bigram_examples(32, seed=1), fixed_alphas=[0.0])
+    assert result["nll"] < result["nll_fixed"][0.0] - 0.05
+    assert result["alpha"]["digit"]["mean"] > result["alpha"]["letter"]["mean"] + 0.2
+
+
+def test_lr_scales_set_a_parameters_learning_rate():
+    from taro_ext.training.loop import TrainingTask, run_training
+
+    module = nn.Linear(3, 1)
+    before = {n: p.detach().clone() for n, p in module.named_parameters()}
+
+    def loss(m, indices):
+        return m(torch.ones(len(indices), 3)).square().sum(), {}
+
+    task = TrainingTask(module, 4, lambda i: 1.0, loss, lr_scales={"weight": 0.0})
+    run_training(task, quiet(learning_rate=0.1, batch_size=4, micro_batch_size=4, max_steps=3, weight_decay=0.0,
+                             device="cpu"))
+    assert torch.equal(module.weight, before["weight"]) and not torch.equal(module.bias, before["bias"])
+    with pytest.raises(ValueError, match="lr_scales names parameters the module does not train: .'w1'."):
+        run_training(TrainingTask(module, 4, lambda i: 1.0, loss, lr_scales={"w1": 0.5}), quiet(max_steps=1))
+
+
 def test_router_disk_cache_matches_on_the_fly(tmp_path):
     tok = char_tokenizer()
     examples = bigram_examples(8, seed=3, length=6)
@@ -264,9 +348,15 @@ def test_router_disk_cache_matches_on_the_fly(tmp_path):
                                              device="cpu"))
         results.append([r["loss"] for r in trainer.train()])
     assert results[1] == pytest.approx(results[0], abs=1e-6) and results[2] == pytest.approx(results[0], abs=1e-6)
-    assert len([f for f in os.listdir(tmp_path / "cache") if f.endswith(".pt")]) == 8
-    with pytest.raises(ValueError, match="cache"):
-        RouterTrainer(base, reward, tok, TopKRouter(len(tok), k=4), examples[:3], cache=str(tmp_path / "cache"))
+    files = {f for f in os.listdir(tmp_path / "cache") if f.endswith(".pt")}
+    assert len(files) == 8
+    # More examples: the shared ones are read back, only the new one is computed.
+    more = examples + bigram_examples(1, seed=4, length=6)
+    trainer = RouterTrainer(base, reward, tok, TopKRouter(len(tok), k=4), more, cache=str(tmp_path / "cache"))
+    assert {os.path.basename(trainer.frozen._path(i)) for i in range(8)} == files
+    # Other models' logits are never read: their files have other names.
+    other = RouterTrainer(reward, base, tok, TopKRouter(len(tok), k=4), examples, cache=str(tmp_path / "cache"))
+    assert not {os.path.basename(other.frozen._path(i)) for i in range(8)} & files
 
 
 def test_train_causal_lm_lowers_loss_on_target_tokens_only():
@@ -508,11 +598,13 @@ def test_checkpoints_and_logits_caches_are_loaded_without_pickle(tmp_path):
     examples = bigram_examples(2, seed=0, length=4)
     cfg = quiet(learning_rate=1e-2, batch_size=2, micro_batch_size=2, max_steps=1, device="cpu")
     RouterTrainer(base, reward, tok, TopKRouter(len(tok), k=4), examples, cache=str(cache), config=cfg).train()
-    torch.save(_Payload(str(marker)), cache / "0.pt")
+    (first,) = [f for f in os.listdir(cache) if f.endswith(".pt")][:1]
+    torch.save(_Payload(str(marker)), cache / first)
     with pytest.raises(ValueError, match="not a readable logits cache file"):
         RouterTrainer(base, reward, tok, TopKRouter(len(tok), k=4), examples, cache=str(cache), config=cfg).train()
     assert not marker.exists()
-    torch.save((torch.zeros(3, 2), torch.zeros(3, 2)), cache / "0.pt")  # rows of another example
+    for f in os.listdir(cache):  # rows of another example, in every file
+        torch.save((torch.zeros(3, 2), torch.zeros(3, 2)), cache / f)
     with pytest.raises(ValueError, match="does not hold this example's logits rows"):
         RouterTrainer(base, reward, tok, TopKRouter(len(tok), k=4), examples, cache=str(cache), config=cfg).train()
 

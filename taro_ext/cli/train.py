@@ -1,4 +1,5 @@
-"""``taro-ext train-reward`` and ``taro-ext train-router``.
+"""``taro-ext train-reward``, ``taro-ext train-router`` and the recipe's data commands (``make-data``,
+``make-corrections``).
 
 Both run single-process or under ``torchrun`` (``python -m torch.distributed.run
 --nproc_per_node=N -m taro_ext.cli train-reward ...``). Rank 0 prints and writes the
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import time
 
 from .args import CliError, directory_to_write, non_negative_int, positive_int
@@ -85,8 +87,9 @@ def add_commands(subparsers) -> None:
                    help="keep the frozen models' logits: 'memory' or a directory (small sets)")
     p.add_argument("--cache-dtype", choices=("float32", "bfloat16"), default="float32",
                    help="dtype of the cached logits (bfloat16: half the memory, features within bf16 rounding)")
-    p.add_argument("--examples", default=None, metavar="JSONL",
-                   help="(prompt, completion[, domain]) records (instead of --source); the last --num-val "
+    p.add_argument("--examples", default=None, metavar="JSONL", nargs="+",
+                   help="(prompt, completion[, domain, prefix]) records (instead of --source); several files are "
+                        "shuffled together under --seed; of the first --num-train + --num-val, the last --num-val "
                         "are held out and evaluated per domain")
     _add_optim_args(p, lr=1e-3)
     p.set_defaults(func=_train_router)
@@ -102,6 +105,17 @@ def add_commands(subparsers) -> None:
     p.add_argument("--general-samples", type=int, default=2, help="sampled base answers per general instruction")
     p.add_argument("--max-new-tokens", type=int, default=160, help="length of the base's general answers")
     p.set_defaults(func=_make_data)
+
+    p = subparsers.add_parser("make-corrections",
+                              help="the router's correction examples: a policy's wrong results, corrected")
+    _add_model_args(p, ["base"])
+    p.add_argument("--reward", default=None, help="with --router: the policy is TARo (default: the base alone)")
+    p.add_argument("--router", default=None, help="the TARo policy's router")
+    p.add_argument("--num-problems", type=positive_int, default=400,
+                   help="graded problems (seed 3) the policy answers greedily; each wrong result is a row")
+    p.add_argument("--max-new-tokens", type=positive_int, default=128, help="answer length (the evaluation's)")
+    p.add_argument("--output", required=True, help="the JSONL file to write")
+    p.set_defaults(func=_make_corrections)
 
 
 def _cache_location(value: str) -> str:
@@ -202,10 +216,10 @@ def _train_reward(args) -> int:
 
 
 def _train_router(args) -> int:
-    from .. import data
     from ..router import FullLogitsRouter, TopKRouter
     from ..training import RouterTrainer, format_alpha_table
     from ..training.distributed import distributed_context
+    from ..training.recipe_data import read_examples, router_pairs
 
     import torch
 
@@ -215,13 +229,14 @@ def _train_router(args) -> int:
     base, tokenizer = _load(args.base, args, ctx)
     reward, _ = _load(args.reward, args, ctx)
     if args.examples:
-        from ..training.recipe_data import read_examples
-
-        records = read_examples(args.examples, ("prompt", "completion"))[:args.num_train + args.num_val]
+        records = [r for path in args.examples for r in read_examples(path, ("prompt", "completion"))]
+        if len(args.examples) > 1:
+            random.Random(args.seed).shuffle(records)
+        records = records[:args.num_train + args.num_val]
     else:
         solutions = _solutions(args, args.num_train + args.num_val)[:args.num_train + args.num_val]
         records = [{"prompt": s.question, "completion": s.text} for s in solutions]
-    examples = [(data.render_prompt(r["prompt"], tokenizer, args.chat), r["completion"]) for r in records]
+    examples = router_pairs(records, tokenizer, args.chat)
     if len(examples) <= args.num_val:
         raise CliError(f"--num-val={args.num_val} leaves no training examples out of {len(examples)}")
     n_train = len(examples) - args.num_val
@@ -250,6 +265,8 @@ def _train_router(args) -> int:
         for name, rep in ([("all", report)] + list(report.get("by_domain", {}).items()) if report else []):
             fixed = ", ".join(f"alpha={a:g}: {v:.4f}" for a, v in rep["nll_fixed"].items())
             print(f"held-out NLL per token ({name}, {rep['tokens']} tokens): router {rep['nll']:.4f}; fixed {fixed}")
+            top1 = ", ".join(f"alpha={a:g}: {v:.3f}" for a, v in rep["top1_fixed"].items())
+            print(f"held-out greedy hits ({name}): router {rep['top1']:.3f}; fixed {top1}")
             print(format_alpha_table(rep["alpha"]))
         print(f"router written to {args.output}")
     _write_log(args, ctx, {"history": history, "val": report, "times": times})
@@ -273,4 +290,28 @@ def _make_data(args) -> int:
     recipe_data.write_jsonl(rows, os.path.join(args.output, "router.jsonl"))
     print(f"wrote {args.num_sft} SFT solutions, {len(pairs)} pairs, {len(rows)} router examples "
           f"to {args.output} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _make_corrections(args) -> int:
+    from ..generation import TaroGenerator
+    from ..router import load_router
+    from ..training import recipe_data
+    from ..training.distributed import distributed_context
+
+    if (args.reward is None) != (args.router is None):
+        raise CliError("--reward and --router go together (the TARo policy), or neither (the base alone)")
+    t0 = time.perf_counter()
+    ctx = distributed_context(None)
+    base, tokenizer = _load(args.base, args, ctx)
+    if args.router is None:
+        policy = TaroGenerator(base, None, None, tokenizer, mode="base")
+    else:
+        reward, reward_tokenizer = _load(args.reward, args, ctx)
+        policy = TaroGenerator(base, reward, load_router(args.router), tokenizer, mode="taro",
+                               reward_tokenizer=reward_tokenizer)
+    rows = recipe_data.correction_examples(args.num_problems, policy, max_new_tokens=args.max_new_tokens)
+    recipe_data.write_jsonl(rows, args.output)
+    print(f"wrote {len(rows)} corrections of {args.num_problems} answers to {args.output} "
+          f"in {time.perf_counter() - t0:.1f} s")
     return 0

@@ -60,6 +60,8 @@ class TrainingTask:
     loss: Callable[[torch.nn.Module, list[int]], tuple[torch.Tensor, dict]]
     description: str = "train"
     metric_names: Sequence[str] = field(default_factory=tuple)
+    # Per-parameter learning-rate factors (by parameter name in ``module``); 1 for the others.
+    lr_scales: dict[str, float] = field(default_factory=dict)
 
 
 def steps_per_epoch(num_items: int, batch_size: int) -> int:
@@ -94,14 +96,22 @@ def run_training(task: TrainingTask, config: TrainConfig, ctx: Optional[Distribu
     if task.num_items < 1:
         raise ValueError("the training set is empty")
     module = task.module
-    params = [p for p in module.parameters() if p.requires_grad]
-    if not params:
+    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    if not named:
         raise ValueError("the module has no trainable parameters")
+    unknown = set(task.lr_scales) - {n for n, _ in named}
+    if unknown:
+        raise ValueError(f"lr_scales names parameters the module does not train: {sorted(unknown)}")
+    params = [p for _, p in named]
     model = module
     if ctx.world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    # One group per factor, the factor-1 group first (its lr is the one logged).
+    factors = sorted({task.lr_scales.get(n, 1.0) for n, _ in named}, key=lambda f: f != 1.0)
+    groups = [{"params": [p for n, p in named if task.lr_scales.get(n, 1.0) == f], "lr": config.learning_rate * f}
+              for f in factors]
+    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
     n_steps = total_steps(config, task.num_items)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(n_steps, config.warmup_steps))
 

@@ -1,9 +1,18 @@
 """Router training: the base and reward models are frozen; the router learns alpha_t.
 
 For a correct solution ``target`` of ``prompt``, each target token y_t is scored under the
-mixed distribution ``softmax(lp_b + alpha_t * lp_r)`` (temperature 1; ``alpha_t`` from the
-router on that position's two logits rows), and the loss is the NLL averaged over target
-tokens. Only the router has gradients; the frozen models' logits rows at the target
+mixed score ``s = lp_b + alpha_t * lp_r`` (``alpha_t`` from the router on that position's two
+logits rows), and the loss is averaged over target tokens. Per example, the loss is one of:
+
+* ``nll``: ``-log softmax(s)[y_t]`` (temperature 1), the likelihood of the text;
+* ``top1``: ``softplus(max_{j != y_t} s_j - s_t)``, a smooth hinge on the argmax: what greedy
+  decoding needs. The two differ where it matters most. At the SmolLM2 recipe's corrections (TARo's
+  own wrong results, corrected) the NLL is lowest near alpha 1 (1.28 nats; 2.55 at alpha 4), because
+  where the reward model is wrong a large alpha is a confident mistake; but the right result is the
+  argmax of the mix more often the larger alpha is (50% at alpha 0, 61% at 1, 68% at 4): a router
+  fit by NLL there listens too little for greedy decoding.
+
+Only the router has gradients; the frozen models' logits rows at the target
 positions are computed under ``no_grad`` once per batch, or once in all with a cache
 (``cache="memory"`` or a directory), which makes every later epoch a router-only pass.
 """
@@ -17,7 +26,7 @@ from typing import Optional, Sequence
 import torch
 
 from .. import reference
-from ..atomic import write_file, write_text
+from ..atomic import write_file
 from ..router import _RouterBase
 from ..validate import as_int
 from .batches import collate_completions, completion_logits, encode_completion
@@ -37,6 +46,21 @@ def mixed_nll(base_rows: torch.Tensor, reward_rows: torch.Tensor, alpha: torch.T
     lp_r = reference.log_softmax_rows(reward_rows, vocab_size)
     s = reference.mixed_score(lp_b, lp_r, alpha)
     return -torch.log_softmax(s, dim=-1).gather(-1, targets[:, None])[:, 0]
+
+
+def mixed_top1_loss(base_rows: torch.Tensor, reward_rows: torch.Tensor, alpha: torch.Tensor, targets: torch.Tensor,
+                    vocab_size: int) -> torch.Tensor:
+    """Per-row ``softplus(max_{j != target} s_j - s_target)`` of the mixed score ``s`` (spec step 6):
+    below log 2 exactly when the target is the greedy pick."""
+    lp_b = reference.log_softmax_rows(base_rows, vocab_size)
+    lp_r = reference.log_softmax_rows(reward_rows, vocab_size)
+    s = reference.mixed_score(lp_b, lp_r, alpha)
+    target = s.gather(-1, targets[:, None])[:, 0]
+    others = s.scatter(-1, targets[:, None], float("-inf")).max(dim=-1).values
+    return torch.nn.functional.softplus(others - target)
+
+
+LOSSES = {"nll": mixed_nll, "top1": mixed_top1_loss}
 
 
 def token_class(text: str) -> str:
@@ -87,7 +111,9 @@ class FrozenLogits:
 
     ``cache=None`` computes them for every batch; ``"memory"`` keeps them (in
     ``cache_dtype``) on the CPU after the first time; a directory keeps them on disk, one file
-    per example, with a manifest that must match the tokenised examples.
+    per example, named by a hash of the example's tokens and of the two models' weights: a
+    later run with more (or other) examples reuses the files of the examples it shares, and
+    other models never read these.
     """
 
     def __init__(self, base_model, reward_model, encoded, pad_id: int, device: torch.device,
@@ -98,15 +124,9 @@ class FrozenLogits:
         self.memory: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         if cache not in (None, "memory"):
             os.makedirs(cache, exist_ok=True)
-            digest = hashlib.sha256(json.dumps(encoded).encode()).hexdigest()
-            manifest = os.path.join(cache, "manifest.json")
-            if os.path.isfile(manifest):
-                with open(manifest) as f:
-                    if json.load(f).get("examples_sha256") != digest:
-                        raise ValueError(f"cache={cache!r} holds logits of other examples (or another "
-                                         f"tokenisation); use an empty directory")
-            else:
-                write_text(manifest, json.dumps({"examples_sha256": digest, "count": len(encoded)}))
+            models = json.dumps([_fingerprint(m) for m in (base_model, reward_model)] + [str(cache_dtype)])
+            self.keys = [hashlib.sha256(json.dumps([models, ctx, comp]).encode()).hexdigest()[:32]
+                         for ctx, comp in encoded]
 
     @torch.no_grad()
     def compute(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -118,7 +138,7 @@ class FrozenLogits:
         return list(zip(*out))
 
     def _path(self, i: int) -> str:
-        return os.path.join(self.cache, f"{i}.pt")
+        return os.path.join(self.cache, f"{self.keys[i]}.pt")
 
     def _load(self, i: int):
         if self.cache == "memory":
@@ -162,10 +182,20 @@ class FrozenLogits:
         return base, reward, targets
 
 
+@torch.no_grad()
+def _fingerprint(model) -> list:
+    """What identifies a model's weights for the logits cache: its class, parameter count and
+    the sum and sum of squares of all its parameters (fp64)."""
+    params = list(model.parameters())
+    return [type(model).__name__, sum(p.numel() for p in params),
+            float(sum(p.double().sum() for p in params)), float(sum(p.double().square().sum() for p in params))]
+
+
 class RouterTrainer:
     """Trains ``router`` (``TopKRouter`` or ``FullLogitsRouter``) on ``(prompt, target)`` text
-    pairs; the loss covers target tokens only (prompt and target are tokenised separately,
-    as a decoder appends target tokens after the prompt's)."""
+    pairs, or ``(prompt, target, loss)`` with ``loss`` a key of ``LOSSES`` (default ``nll``); the
+    loss covers target tokens only (prompt and target are tokenised separately, as a decoder
+    appends target tokens after the prompt's)."""
 
     def __init__(self, base_model, reward_model, tokenizer, router, examples: Sequence[tuple[str, str]], *,
                  config: Optional[TrainConfig] = None, max_length: int = 1024, cache: Optional[str] = None,
@@ -194,49 +224,77 @@ class RouterTrainer:
         self.router = router.to(self.ctx.device)
         self.vocab_size = router.vocab_size
         self.encoded = self.encode(examples)
+        self.losses = [ex[2] if len(ex) == 3 else "nll" for ex in examples]
         self.frozen = FrozenLogits(self.base, self.reward, self.encoded, self.pad_id, self.ctx.device,
                                    None if cache is None else os.fspath(cache), cache_dtype)
 
     def encode(self, examples):
         for n, ex in enumerate(examples):
-            if not (isinstance(ex, (tuple, list)) and len(ex) == 2 and all(isinstance(x, str) for x in ex)):
-                raise TypeError(f"examples[{n}] must be a (prompt, target) pair of strings, got {ex!r:.60}")
-        return [encode_completion(self.tokenizer, p, t, self.max_length) for p, t in examples]
+            if not (isinstance(ex, (tuple, list)) and len(ex) in (2, 3) and all(isinstance(x, str) for x in ex)):
+                raise TypeError(f"examples[{n}] must be a (prompt, target) pair of strings, or (prompt, target, "
+                                f"loss), got {ex!r:.60}")
+            if len(ex) == 3 and ex[2] not in LOSSES:
+                raise ValueError(f"examples[{n}]: loss must be one of {sorted(LOSSES)}, got {ex[2]!r}")
+        return [encode_completion(self.tokenizer, ex[0], ex[1], self.max_length) for ex in examples]
 
     def _loss(self, router, indices):
         base_rows, reward_rows, targets = self.frozen.rows(indices)
         alpha = router(base_rows, reward_rows, self.vocab_size)
-        nll = mixed_nll(base_rows, reward_rows, alpha, targets, self.vocab_size)
-        return nll.sum(), {"alpha": alpha.sum().item()}
+        kinds = [self.losses[i] for i in indices for _ in self.encoded[i][1]]
+        loss = alpha.new_zeros(())
+        for name, fn in LOSSES.items():
+            rows = torch.tensor([k == name for k in kinds], device=alpha.device)
+            if rows.any():
+                loss = loss + fn(base_rows[rows], reward_rows[rows], alpha[rows], targets[rows], self.vocab_size).sum()
+        return loss, {"alpha": alpha.sum().item()}
 
     def train(self) -> list[dict]:
+        lr_scales = {}
+        if self.router.design == "full":
+            # The full design's input is 2V log-probs of about -20 each. Under the default init W1 x
+            # spreads by about 20, so sigmoid(u) saturates at once; and an Adam step moves each
+            # pre-activation by about lr * ||x||, thousands of times lr at V = 49152, so the router
+            # jumps to alpha = 0 and stays there (what the SmolLM2 recipe's first full router did).
+            # So: pre-activations standardised on a first batch of training positions, and w1's
+            # learning rate divided by the inputs' mean L2 norm (a step then moves them by about
+            # lr, as it moves b1). The top-K design's input is small and unit-scale: neither is needed.
+            first = range(min(len(self.encoded), self.config.micro_batch_size))
+            base_rows, reward_rows, _ = self.frozen.rows(first)
+            x = self.router.input_features(base_rows.float(), reward_rows.float(), self.vocab_size)
+            self.router.standardise_first_layer(x)
+            lr_scales["w1"] = 1.0 / x.float().norm(dim=1).mean().item()
         task = TrainingTask(self.router, len(self.encoded), lambda i: float(len(self.encoded[i][1])), self._loss,
-                            description="router", metric_names=("alpha",))
+                            description="router", metric_names=("alpha",), lr_scales=lr_scales)
         return run_training(task, self.config, self.ctx)
 
     @torch.no_grad()
     def evaluate(self, examples: Sequence[tuple[str, str]], fixed_alphas: Sequence[float] = (),
                  batch_size: Optional[int] = None) -> dict:
         """Per-token NLL on ``examples`` under the router (``nll``) and under each fixed alpha
-        (``nll_fixed``: {alpha: nll}, GenARM's decoding distribution), and the router's
+        (``nll_fixed``: {alpha: nll}, GenARM's decoding distribution), the fraction of target
+        tokens that are the mix's greedy pick (``top1``, ``top1_fixed``), and the router's
         per-token ``alpha`` statistics (``alpha_statistics``, by the target token's class)."""
         batch_size = batch_size or self.config.micro_batch_size
         encoded = self.encode(examples)
         frozen = FrozenLogits(self.base, self.reward, encoded, self.pad_id, self.ctx.device, None, torch.float32)
         self.router.eval()
-        nll, fixed = 0.0, {float(a): 0.0 for a in fixed_alphas}
+        totals = {a: [0.0, 0] for a in ["router"] + [float(a) for a in fixed_alphas]}  # [nll, greedy hits]
         alphas, classes = [], []
         for s in range(0, len(encoded), batch_size):
             base_rows, reward_rows, targets = frozen.rows(range(s, min(s + batch_size, len(encoded))))
             alpha = self.router(base_rows, reward_rows, self.vocab_size)
-            nll += mixed_nll(base_rows, reward_rows, alpha, targets, self.vocab_size).sum().item()
-            for a in fixed:
-                const = torch.full_like(alpha, a)
-                fixed[a] += mixed_nll(base_rows, reward_rows, const, targets, self.vocab_size).sum().item()
+            lp_b = reference.log_softmax_rows(base_rows, self.vocab_size)
+            lp_r = reference.log_softmax_rows(reward_rows, self.vocab_size)
+            for a, total in totals.items():
+                mix = reference.mixed_score(lp_b, lp_r, alpha if a == "router" else torch.full_like(alpha, a))
+                total[0] -= torch.log_softmax(mix, dim=-1).gather(-1, targets[:, None]).sum().item()
+                total[1] += int(mix.argmax(dim=-1).eq(targets).sum())
             alphas.append(alpha.float().cpu())
             classes += [token_class(self.tokenizer.decode([t])) for t in targets.tolist()]
         n_tokens = len(classes)
-        return {"nll": nll / n_tokens, "nll_fixed": {a: v / n_tokens for a, v in fixed.items()},
+        router_nll, router_hits = totals.pop("router")
+        return {"nll": router_nll / n_tokens, "nll_fixed": {a: v[0] / n_tokens for a, v in totals.items()},
+                "top1": router_hits / n_tokens, "top1_fixed": {a: v[1] / n_tokens for a, v in totals.items()},
                 "tokens": n_tokens, "alpha": alpha_statistics(torch.cat(alphas), classes)}
 
     def save(self, output_dir: str) -> None:
