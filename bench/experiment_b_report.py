@@ -65,8 +65,8 @@ def likelihood_section(result: dict) -> list[str]:
 def main(directory: str) -> str:
     lines = []
     # The routers' rows are rerun when a router is retrained (arithmetic_router: taro and any fixed
-    # alpha added with it; arithmetic_full: taro-full); a method of a later file replaces the
-    # same-named method of an earlier one (arithmetic: base and GenARM).
+    # alpha added with it; arithmetic_full: the retrained routers, taro and taro-full); a method of a
+    # later file replaces the same-named method of an earlier one (arithmetic: base and GenARM).
     runs = [(stem, r) for stem in ("arithmetic", "arithmetic_router", "arithmetic_full") if (r := _load(directory, stem))]
     if runs:
         lines += generation_section([r for _, r in runs],

@@ -3,7 +3,7 @@ thread, same run: for a machine whose cores other jobs keep busy, where wall-clo
 measure the scheduler's share rather than the engines. Each call is timed by the process's CPU
 time (``time.process_time``: one thread, so CPU time = the time the call would take on an idle
 core, up to cache effects from the other jobs) and by wall time. Same models, prompts and
-settings as ``bench/test_bench_llamacpp.py`` (16 new tokens, greedy, chat template).
+settings as ``bench/test_bench_llamacpp.py`` (64 new tokens, greedy, chat template).
 
     OMP_NUM_THREADS=1 python bench/llamacpp_cpu_time.py --out bench/results/llamacpp_cpu_time.json
 """
