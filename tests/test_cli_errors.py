@@ -95,6 +95,10 @@ def test_flags(tmp_path, capsys):
         (["train-router", "--base", "b", "--reward", "r", "--output", "o", "--cache", str(a_file)],
          f"argument --cache: {a_file} is a file, not a directory"),
         (["train-reward", "--model", "m", "--output", str(a_file)], f"argument --output: {a_file} is a file"),
+        (["train-router", "--base", "b", "--reward", "r", "--output", "o", "--alpha-max", "4", "--init-alpha", "4"],
+         "--init-alpha must lie in (0, --alpha-max=4), got 4"),
+        (["make-corrections", "--base", "b", "--router", "r", "--output", "o.jsonl"],
+         "--reward and --router go together"),
         (["eval", "--task", "mmlu"], "argument --task: invalid choice: 'mmlu'"),
         (["generate", "--prompt", "hi", "--engine", "vllm"], "argument --engine: invalid choice: 'vllm'"),
     ]

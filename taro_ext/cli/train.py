@@ -9,6 +9,7 @@ settings, the per-step log, the held-out evaluation and wall-clock times.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import time
@@ -83,6 +84,9 @@ def add_commands(subparsers) -> None:
     p.add_argument("--embed-dim", type=positive_int, default=16)
     p.add_argument("--hidden", type=positive_int, default=64)
     p.add_argument("--alpha-max", type=float, default=2.0)
+    p.add_argument("--init-alpha", type=float, default=None,
+                   help="alpha at the start of training (sets b2; default alpha_max / 2). A small value keeps the "
+                        "general rows from driving sigmoid(u) into saturation in the first steps")
     p.add_argument("--cache", type=_cache_location, default=None,
                    help="keep the frozen models' logits: 'memory' or a directory (small sets)")
     p.add_argument("--cache-dtype", choices=("float32", "bfloat16"), default="float32",
@@ -223,6 +227,8 @@ def _train_router(args) -> int:
 
     import torch
 
+    if args.init_alpha is not None and not 0 < args.init_alpha < args.alpha_max:
+        raise CliError(f"--init-alpha must lie in (0, --alpha-max={args.alpha_max:g}), got {args.init_alpha:g}")
     config = _config(args)
     ctx = distributed_context(config.device)
     t0 = time.perf_counter()
@@ -247,6 +253,9 @@ def _train_router(args) -> int:
                             alpha_max=args.alpha_max)
     else:
         router = FullLogitsRouter(len(tokenizer), hidden=args.hidden, alpha_max=args.alpha_max)
+    if args.init_alpha is not None:
+        with torch.no_grad():
+            router.b2.fill_(math.log(args.init_alpha / (args.alpha_max - args.init_alpha)))
     trainer = RouterTrainer(base, reward, tokenizer, router, train, config=config, max_length=args.max_length,
                             cache=args.cache, cache_dtype=getattr(torch, args.cache_dtype))
     t1 = time.perf_counter()
