@@ -55,19 +55,20 @@ def generation_section(results: list[dict], title: str) -> list[str]:
     return lines + [""]
 
 
-def likelihood_section(result: dict) -> list[str]:
+def likelihood_section(result: dict, note: str = "") -> list[str]:
     from taro_ext.evaluation.likelihood import markdown_table
 
     return ["### " + ("AlpacaEval reference outputs, per-token NLL" if result["task"] == "alpaca_eval"
-                      else f"{result['task']} by option log-likelihood"), "", markdown_table(result)]
+                      else f"{result['task']} by option log-likelihood") + note, "", markdown_table(result)]
 
 
 def main(directory: str) -> str:
     lines = []
     # The routers' rows are rerun when a router is retrained (arithmetic_router: taro and any fixed
-    # alpha added with it; arithmetic_full: the retrained routers, taro and taro-full); a method of a
-    # later file replaces the same-named method of an earlier one (arithmetic: base and GenARM).
-    runs = [(stem, r) for stem in ("arithmetic", "arithmetic_router", "arithmetic_full") if (r := _load(directory, stem))]
+    # alpha added with it; arithmetic_round2: the round-2 router); a method of a later file replaces
+    # the same-named method of an earlier one (arithmetic: base and GenARM).
+    runs = [(stem, r) for stem in ("arithmetic", "arithmetic_router", "arithmetic_round2")
+            if (r := _load(directory, stem))]
     if runs:
         lines += generation_section([r for _, r in runs],
                                     "In domain: graded arithmetic word problems (held-out seed 1234)")
@@ -83,9 +84,10 @@ def main(directory: str) -> str:
     if gsm8k:
         lines += generation_section([gsm8k], "The hard set: GSM8K test")
     for task in ("alpaca_eval", "medqa"):
-        result = _load(directory, task)
-        if result:
-            lines += likelihood_section(result)
+        for stem, note in ((task, ""), (f"{task}_round2", " (round-2 router)")):
+            result = _load(directory, stem)
+            if result:
+                lines += likelihood_section(result, note)
     return "\n".join(lines) + "\n"
 
 
