@@ -84,6 +84,14 @@ class _RouterBase(nn.Module):
         x = self.features(stats)
         return reference.router_mlp(x, self.w1, self.b1, self.w2, self.b2, self.alpha_max)
 
+    @torch.no_grad()
+    def start_at_alpha(self, alpha: float) -> None:
+        """Set ``b2`` so that alpha is ``alpha`` where ``w2 . h`` is 0 (training starts there)."""
+        alpha = as_float("alpha", alpha, above=0.0)
+        if not alpha < self.alpha_max:
+            raise ValueError(f"alpha must lie in (0, alpha_max={self.alpha_max:g}), got {alpha:g}")
+        self.b2.fill_(math.log(alpha / (self.alpha_max - alpha)))
+
     def input_features(self, base_logits: torch.Tensor, reward_logits: torch.Tensor,
                        vocab_size: Optional[int] = None) -> torch.Tensor:
         """The router input ``x`` [B, in_features] of logits rows [B, >= V] (spec step 4), without gradient."""

@@ -288,6 +288,18 @@ def test_router_trainer_uses_each_examples_loss():
         RouterTrainer(base, reward, tok, TopKRouter(len(tok), k=4), [(examples[0][0], examples[0][1], "mse")])
 
 
+def test_start_at_alpha_sets_the_initial_alpha():
+    torch.manual_seed(0)
+    router = TopKRouter(50, k=4, embed_dim=4, hidden=8, alpha_max=4.0)
+    router.start_at_alpha(0.2)
+    with torch.no_grad():
+        router.w2.zero_()  # w2 . h = 0: alpha is set by b2 alone
+    assert router(torch.randn(3, 50), torch.randn(3, 50)).tolist() == pytest.approx([0.2] * 3, rel=1e-6)
+    for bad in (0.0, 4.0, -1.0):
+        with pytest.raises(ValueError, match="alpha"):
+            router.start_at_alpha(bad)
+
+
 def test_full_router_starts_unsaturated_and_learns(tmp_path):
     from taro_ext import FullLogitsRouter
     from taro_ext.reference import full_features, row_stats

@@ -9,7 +9,6 @@ settings, the per-step log, the held-out evaluation and wall-clock times.
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import time
@@ -254,8 +253,7 @@ def _train_router(args) -> int:
     else:
         router = FullLogitsRouter(len(tokenizer), hidden=args.hidden, alpha_max=args.alpha_max)
     if args.init_alpha is not None:
-        with torch.no_grad():
-            router.b2.fill_(math.log(args.init_alpha / (args.alpha_max - args.init_alpha)))
+        router.start_at_alpha(args.init_alpha)
     trainer = RouterTrainer(base, reward, tokenizer, router, train, config=config, max_length=args.max_length,
                             cache=args.cache, cache_dtype=getattr(torch, args.cache_dtype))
     t1 = time.perf_counter()

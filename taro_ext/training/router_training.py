@@ -39,25 +39,33 @@ _OPERATOR_CHARS = set("+-*/=×÷^()<>%")
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 
+def _mixed(base_rows: torch.Tensor, reward_rows: torch.Tensor, alpha: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """The mixed score ``s = lp_b + alpha * lp_r`` (spec steps 1 and 6)."""
+    return reference.mixed_score(reference.log_softmax_rows(base_rows, vocab_size),
+                                 reference.log_softmax_rows(reward_rows, vocab_size), alpha)
+
+
+def _nll_of(s: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return -torch.log_softmax(s, dim=-1).gather(-1, targets[:, None])[:, 0]
+
+
+def _top1_of(s: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    target = s.gather(-1, targets[:, None])[:, 0]
+    others = s.scatter(-1, targets[:, None], float("-inf")).max(dim=-1).values
+    return torch.nn.functional.softplus(others - target)
+
+
 def mixed_nll(base_rows: torch.Tensor, reward_rows: torch.Tensor, alpha: torch.Tensor, targets: torch.Tensor,
               vocab_size: int) -> torch.Tensor:
     """Per-row ``-log softmax(lp_b + alpha * lp_r)[target]`` (spec steps 1 and 6, temperature 1)."""
-    lp_b = reference.log_softmax_rows(base_rows, vocab_size)
-    lp_r = reference.log_softmax_rows(reward_rows, vocab_size)
-    s = reference.mixed_score(lp_b, lp_r, alpha)
-    return -torch.log_softmax(s, dim=-1).gather(-1, targets[:, None])[:, 0]
+    return _nll_of(_mixed(base_rows, reward_rows, alpha, vocab_size), targets)
 
 
 def mixed_top1_loss(base_rows: torch.Tensor, reward_rows: torch.Tensor, alpha: torch.Tensor, targets: torch.Tensor,
                     vocab_size: int) -> torch.Tensor:
     """Per-row ``softplus(max_{j != target} s_j - s_target)`` of the mixed score ``s`` (spec step 6):
     below log 2 exactly when the target is the greedy pick."""
-    lp_b = reference.log_softmax_rows(base_rows, vocab_size)
-    lp_r = reference.log_softmax_rows(reward_rows, vocab_size)
-    s = reference.mixed_score(lp_b, lp_r, alpha)
-    target = s.gather(-1, targets[:, None])[:, 0]
-    others = s.scatter(-1, targets[:, None], float("-inf")).max(dim=-1).values
-    return torch.nn.functional.softplus(others - target)
+    return _top1_of(_mixed(base_rows, reward_rows, alpha, vocab_size), targets)
 
 
 LOSSES = {"nll": mixed_nll, "top1": mixed_top1_loss}
@@ -283,11 +291,11 @@ class RouterTrainer:
         for s in range(0, len(encoded), batch_size):
             base_rows, reward_rows, targets = frozen.rows(range(s, min(s + batch_size, len(encoded))))
             alpha = self.router(base_rows, reward_rows, self.vocab_size)
-            lp_b = reference.log_softmax_rows(base_rows, self.vocab_size)
+            lp_b = reference.log_softmax_rows(base_rows, self.vocab_size)  # once for every alpha below
             lp_r = reference.log_softmax_rows(reward_rows, self.vocab_size)
             for a, total in totals.items():
                 mix = reference.mixed_score(lp_b, lp_r, alpha if a == "router" else torch.full_like(alpha, a))
-                total[0] -= torch.log_softmax(mix, dim=-1).gather(-1, targets[:, None]).sum().item()
+                total[0] += _nll_of(mix, targets).sum().item()
                 total[1] += int(mix.argmax(dim=-1).eq(targets).sum())
             alphas.append(alpha.float().cpu())
             classes += [token_class(self.tokenizer.decode([t])) for t in targets.tolist()]
