@@ -99,6 +99,13 @@ def test_flags(tmp_path, capsys):
          "--init-alpha must lie in (0, --alpha-max=4), got 4"),
         (["make-corrections", "--base", "b", "--router", "r", "--output", "o.jsonl"],
          "--reward and --router go together"),
+        (["make-corrections", "--base", "b", "--seed", "1234", "--output", "o.jsonl"],
+         "--seed=1234 is the evaluation's seed"),
+        (["eval", "--task", "medqa", "--seed", "5"], "--seed is for the generated tasks"),
+        (["train-router", "--base", "b", "--reward", "r", "--output", "o", "--domain-weight", "correction"],
+         "argument --domain-weight: expected DOMAIN=W with W a finite number > 0, got 'correction'"),
+        (["train-router", "--base", "b", "--reward", "r", "--output", "o", "--domain-weight", "c=-1"],
+         "argument --domain-weight: expected DOMAIN=W"),
         (["eval", "--task", "mmlu"], "argument --task: invalid choice: 'mmlu'"),
         (["generate", "--prompt", "hi", "--engine", "vllm"], "argument --engine: invalid choice: 'vllm'"),
     ]

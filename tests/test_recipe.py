@@ -149,7 +149,7 @@ def test_cli_make_data_then_reward_with_warm_start_then_router_by_domain(tmp_pat
     # real wrong results), then a router on both files, shuffled together.
     corrections = tmp_path / "corrections.jsonl"
     assert main(["make-corrections", "--base", str(tmp_path / "base"), "--reward", str(tmp_path / "rm"),
-                 "--router", str(tmp_path / "router"), "--num-problems", "4", "--max-new-tokens", "8",
+                 "--router", str(tmp_path / "router"), "--num-problems", "4", "--seed", "7", "--max-new-tokens", "8",
                  "--output", str(corrections)]) == 0
     found = [json.loads(line) for line in corrections.read_text().splitlines()]
     # Each row's prefix ends at an "=" and the completion makes the last equation right.
@@ -159,8 +159,12 @@ def test_cli_make_data_then_reward_with_warm_start_then_router_by_domain(tmp_pat
     assert main(["train-router", "--base", str(tmp_path / "base"), "--reward", str(tmp_path / "rm"),
                  "--examples", str(data / "router.jsonl"), str(corrections), "--num-train", str(len(rows)),
                  "--num-val", str(len(found) + 1), "--k", "4", "--embed-dim", "4", "--hidden", "8", "--max-steps", "1",
-                 "--output", str(tmp_path / "router2"), *common]) == 0
+                 "--domain-weight", "correction=5", "--output", str(tmp_path / "router2"), *common]) == 0
     assert f"train examples: {len(rows)}, held-out: {len(found) + 1}" in capsys.readouterr().out
+    assert main(["train-router", "--base", str(tmp_path / "base"), "--reward", str(tmp_path / "rm"),
+                 "--examples", str(data / "router.jsonl"), "--num-val", "2", "--domain-weight", "medical=2",
+                 "--output", str(tmp_path / "router3"), *common]) == 2
+    assert "--domain-weight: no training record has domain 'medical'" in capsys.readouterr().err
     assert main(["make-corrections", "--base", str(tmp_path / "base"), "--reward", str(tmp_path / "rm"),
                  "--output", str(corrections)]) == 2
     assert "--reward and --router go together" in capsys.readouterr().err

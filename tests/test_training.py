@@ -288,6 +288,27 @@ def test_router_trainer_uses_each_examples_loss():
         RouterTrainer(base, reward, tok, TopKRouter(len(tok), k=4), [(examples[0][0], examples[0][1], "mse")])
 
 
+def test_example_weights_count_like_repeated_examples():
+    # Weight 3 on example 0 is the same weighted mean loss as example 0 written out three times.
+    tok = char_tokenizer()
+    base, reward = bigram_task(tok)
+    examples = bigram_examples(2, seed=1)
+    means = []
+    for items, weights in (([examples[0]] * 3 + [examples[1]], None), (examples, [3.0, 1.0])):
+        torch.manual_seed(0)
+        trainer = RouterTrainer(base, reward, tok, TopKRouter(len(tok), k=4, embed_dim=4, hidden=8), items,
+                                config=quiet(max_steps=1, device="cpu"), weights=weights)
+        indices = list(range(len(items)))
+        loss, metrics = trainer._loss(trainer.router, indices)
+        total = sum(trainer.weights[i] * len(trainer.encoded[i][1]) for i in indices)
+        means.append((loss.item() / total, metrics["alpha"] / total))
+    assert means[0] == pytest.approx(means[1], rel=1e-6)
+    for weights, text in (([1.0], "one per example"), ([1.0, 0.0], r"weights\[1\] must be a finite number > 0"),
+                          ([float("nan"), 1.0], r"weights\[0\]"), ([True, 1.0], r"weights\[0\]")):
+        with pytest.raises(ValueError, match=text):
+            RouterTrainer(base, reward, tok, TopKRouter(len(tok), k=4), examples, weights=weights)
+
+
 def test_start_at_alpha_sets_the_initial_alpha():
     torch.manual_seed(0)
     router = TopKRouter(50, k=4, embed_dim=4, hidden=8, alpha_max=4.0)

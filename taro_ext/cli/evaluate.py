@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..evaluation.datasets import EVAL_TASKS
-from .args import CliError, device, directory_to_write, positive_int
+from .args import CliError, device, directory_to_write, non_negative_int, positive_int
 
 
 def add_commands(subparsers) -> None:
@@ -19,6 +19,9 @@ def add_commands(subparsers) -> None:
     p.add_argument("--limit", type=positive_int, default=None,
                    help="first N items (synthetic: N generated items, default 200)")
     p.add_argument("--data", default=None, help="data file (default: ../shared/data/<the task's file>)")
+    p.add_argument("--seed", type=non_negative_int, default=None,
+                   help="the generated tasks' (arithmetic, synthetic) problem seed: 1234, the test set, by default; "
+                        "another for a development set")
     p.add_argument("--base", default="smollm2", help="base model: 'smollm2' or a checkpoint directory")
     p.add_argument("--reward", default=None, help="reward model checkpoint directory (genarm and taro)")
     p.add_argument("--router", default=None, help="router directory (taro)")
@@ -78,11 +81,13 @@ def _run_eval(args) -> int:
     from ..models import load_model
     from ..router import load_router
 
+    if args.seed is not None and args.task not in ("arithmetic", "synthetic"):
+        raise CliError(f"--seed is for the generated tasks (arithmetic, synthetic); {args.task} reads a file")
     methods = parse_methods(args.methods)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype)
     _check_models_given(methods, args)
-    items = load_items(args.task, args.data, args.limit)
+    items = load_items(args.task, args.data, args.limit, **({} if args.seed is None else {"synthetic_seed": args.seed}))
     base, tokenizer = load_model(args.base, dtype=dtype, device=device)
     reward = load_model(args.reward, dtype=dtype, device=device)[0] if args.reward else None
     router = load_router(args.router, map_location=device) if args.router else None

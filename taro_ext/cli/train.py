@@ -94,6 +94,8 @@ def add_commands(subparsers) -> None:
                    help="(prompt, completion[, domain, prefix]) records (instead of --source); several files are "
                         "shuffled together under --seed; of the first --num-train + --num-val, the last --num-val "
                         "are held out and evaluated per domain")
+    p.add_argument("--domain-weight", type=_domain_weight, default=[], nargs="+", metavar="DOMAIN=W",
+                   help="scale the loss of the training records of DOMAIN by W (default 1), e.g. correction=10")
     _add_optim_args(p, lr=1e-3)
     p.set_defaults(func=_train_router)
 
@@ -115,7 +117,9 @@ def add_commands(subparsers) -> None:
     p.add_argument("--reward", default=None, help="with --router: the policy is TARo (default: the base alone)")
     p.add_argument("--router", default=None, help="the TARo policy's router")
     p.add_argument("--num-problems", type=positive_int, default=400,
-                   help="graded problems (seed 3) the policy answers greedily; each wrong result is a row")
+                   help="graded problems the policy answers greedily; each wrong result is a row")
+    p.add_argument("--seed", type=non_negative_int, default=None,
+                   help="the problems' seed (default 3, the recipe's; never the evaluation's, 1234)")
     p.add_argument("--max-new-tokens", type=positive_int, default=128, help="answer length (the evaluation's)")
     p.add_argument("--output", required=True, help="the JSONL file to write")
     p.set_defaults(func=_make_corrections)
@@ -218,6 +222,19 @@ def _train_reward(args) -> int:
     return 0
 
 
+def _domain_weight(text: str) -> tuple[str, float]:
+    import argparse
+
+    domain, sep, value = text.partition("=")
+    try:
+        weight = float(value)
+    except ValueError:
+        weight = None
+    if not (sep and domain and weight is not None and 0 < weight < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected DOMAIN=W with W a finite number > 0, got {text!r}")
+    return domain, weight
+
+
 def _train_router(args) -> int:
     from ..router import FullLogitsRouter, TopKRouter
     from ..training import RouterTrainer, format_alpha_table
@@ -231,8 +248,6 @@ def _train_router(args) -> int:
     config = _config(args)
     ctx = distributed_context(config.device)
     t0 = time.perf_counter()
-    base, tokenizer = _load(args.base, args, ctx)
-    reward, _ = _load(args.reward, args, ctx)
     if args.examples:
         records = [r for path in args.examples for r in read_examples(path, ("prompt", "completion"))]
         if len(args.examples) > 1:
@@ -241,10 +256,16 @@ def _train_router(args) -> int:
     else:
         solutions = _solutions(args, args.num_train + args.num_val)[:args.num_train + args.num_val]
         records = [{"prompt": s.question, "completion": s.text} for s in solutions]
+    if len(records) <= args.num_val:
+        raise CliError(f"--num-val={args.num_val} leaves no training examples out of {len(records)}")
+    n_train = len(records) - args.num_val
+    domain_weights = dict(args.domain_weight)
+    unknown = sorted(set(domain_weights) - {r.get("domain") for r in records[:n_train]})
+    if unknown:
+        raise CliError(f"--domain-weight: no training record has domain {unknown[0]!r}")
+    base, tokenizer = _load(args.base, args, ctx)
+    reward, _ = _load(args.reward, args, ctx)
     examples = router_pairs(records, tokenizer, args.chat)
-    if len(examples) <= args.num_val:
-        raise CliError(f"--num-val={args.num_val} leaves no training examples out of {len(examples)}")
-    n_train = len(examples) - args.num_val
     train, val = examples[:n_train], examples[n_train:]
     torch.manual_seed(args.seed)
     if args.design == "topk":
@@ -255,7 +276,8 @@ def _train_router(args) -> int:
     if args.init_alpha is not None:
         router.start_at_alpha(args.init_alpha)
     trainer = RouterTrainer(base, reward, tokenizer, router, train, config=config, max_length=args.max_length,
-                            cache=args.cache, cache_dtype=getattr(torch, args.cache_dtype))
+                            cache=args.cache, cache_dtype=getattr(torch, args.cache_dtype),
+                            weights=[domain_weights.get(r.get("domain"), 1.0) for r in records[:n_train]])
     t1 = time.perf_counter()
     history = trainer.train()
     t2 = time.perf_counter()
@@ -301,6 +323,7 @@ def _make_data(args) -> int:
 
 
 def _make_corrections(args) -> int:
+    from ..evaluation.datasets import EVAL_SEED
     from ..generation import TaroGenerator
     from ..router import load_router
     from ..training import recipe_data
@@ -308,6 +331,9 @@ def _make_corrections(args) -> int:
 
     if (args.reward is None) != (args.router is None):
         raise CliError("--reward and --router go together (the TARo policy), or neither (the base alone)")
+    seed = recipe_data.CORRECTION_SEED if args.seed is None else args.seed
+    if seed == EVAL_SEED:
+        raise CliError(f"--seed={seed} is the evaluation's seed: its problems are the test set")
     t0 = time.perf_counter()
     ctx = distributed_context(None)
     base, tokenizer = _load(args.base, args, ctx)
@@ -317,7 +343,7 @@ def _make_corrections(args) -> int:
         reward, reward_tokenizer = _load(args.reward, args, ctx)
         policy = TaroGenerator(base, reward, load_router(args.router), tokenizer, mode="taro",
                                reward_tokenizer=reward_tokenizer)
-    rows = recipe_data.correction_examples(args.num_problems, policy, max_new_tokens=args.max_new_tokens)
+    rows = recipe_data.correction_examples(args.num_problems, policy, seed=seed, max_new_tokens=args.max_new_tokens)
     recipe_data.write_jsonl(rows, args.output)
     print(f"wrote {len(rows)} corrections of {args.num_problems} answers to {args.output} "
           f"in {time.perf_counter() - t0:.1f} s")

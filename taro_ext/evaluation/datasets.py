@@ -47,8 +47,12 @@ def default_path(task: str) -> str:
     return os.path.join(shared_data_dir(), DEFAULT_FILES[task])
 
 
+# The generated tasks' test seed: no training recipe draws from it.
+EVAL_SEED = 1234
+
+
 def load_items(task: str, path: Optional[str] = None, limit: Optional[int] = None, *,
-               synthetic_seed: int = 1234) -> list[EvalItem]:
+               synthetic_seed: int = EVAL_SEED) -> list[EvalItem]:
     """The first ``limit`` items of ``task``'s evaluation set.
 
     ``synthetic`` and ``arithmetic`` have no file: they are generated under ``synthetic_seed`` (a
