@@ -17,9 +17,10 @@ def _is_bool(value) -> bool:
 
 def as_int(name: str, value, *, minimum: Optional[int] = None, maximum: Optional[int] = None) -> int:
     """``value`` as an ``int`` in ``[minimum, maximum]``."""
-    if _is_bool(value) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    value = int(value)
+    if type(value) is not int:  # the ABC check costs a microsecond, called once per decode step
+        if _is_bool(value) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name} must be an int, got {value!r}")
+        value = int(value)
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         bounds = (f">= {minimum}" if maximum is None else f"<= {maximum}" if minimum is None
                   else f"in [{minimum}, {maximum}]")
@@ -30,9 +31,10 @@ def as_int(name: str, value, *, minimum: Optional[int] = None, maximum: Optional
 def as_float(name: str, value, *, minimum: Optional[float] = None, maximum: Optional[float] = None,
              above: Optional[float] = None) -> float:
     """``value`` as a finite ``float`` with ``minimum <= value <= maximum`` and ``value > above``."""
-    if _is_bool(value) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    value = float(value)
+    if type(value) is not float:
+        if _is_bool(value) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{name} must be a number, got {value!r}")
+        value = float(value)
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
     if above is not None and not value > above:

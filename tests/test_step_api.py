@@ -284,6 +284,40 @@ def test_non_finite_router_weights_are_an_error(router, name, value):
             taro_ext.taro_step(logits(), logits(), router, backend=backend)
 
 
+def test_the_checked_router_weights_follow_every_change_of_the_router(router):
+    # The step caches the router's checked weights: each kind of change must still be seen.
+    torch.manual_seed(3)
+    b, r = logits(3), logits(3)
+    backends = _backends_here()
+
+    def alphas(check_inputs=False):
+        return {be: taro_ext.taro_step(b, r, router, check_inputs=check_inputs, backend=be).alpha
+                for be in backends}
+
+    before = alphas()
+    with torch.no_grad():
+        router.b2.add_(2.0)  # in place: a new _version
+    after = alphas()
+    for be in backends:
+        assert (after[be] > before[be] + 1e-3).all(), be
+        torch.testing.assert_close(after[be], after["torch"], atol=1e-4, rtol=0)
+    router.alpha_max = 1.0
+    assert (alphas()["torch"] < 1.0).all() and all(a.max() < 1.0 for a in alphas().values())
+    router.w2 = torch.nn.Parameter(torch.zeros(8))  # a new parameter: alpha = alpha_max * sigmoid(b2)
+    for a in alphas().values():
+        torch.testing.assert_close(a, torch.full((3,), float(torch.sigmoid(router.b2.detach()))), atol=1e-5, rtol=0)
+    with torch.no_grad():
+        router.w1.data = torch.randn(8, 5)  # same Parameter, new data of the wrong shape
+    for be in backends:
+        with pytest.raises(ValueError, match="router.w1 has shape"):
+            taro_ext.taro_step(b, r, router, check_inputs=False, backend=be)
+    with torch.inference_mode():  # inference tensors keep no version counter
+        frozen = taro_ext.TopKRouter(V, k=4, embed_dim=3, hidden=8)
+    for be in backends:
+        torch.testing.assert_close(taro_ext.taro_step(b, r, frozen, backend=be).alpha,
+                                   taro_ext.taro_step(b, r, frozen, backend="torch").alpha, atol=1e-4, rtol=0)
+
+
 def test_bad_alpha_max_is_an_error_even_without_value_checks(router):
     for value in (float("nan"), float("inf"), 0.0, 1e300):
         router.alpha_max = value
