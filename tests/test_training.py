@@ -250,7 +250,7 @@ def test_router_beats_alpha_zero_and_best_fixed_alpha(tmp_path):
     torch.testing.assert_close(reloaded(*rows), router(*rows))
 
 
-def test_top1_loss_is_a_hinge_on_the_greedy_pick():
+def test_top1_loss_is_a_smoothed_greedy_miss():
     from taro_ext.training.router_training import mixed_top1_loss
 
     base = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 0.0]])
@@ -258,10 +258,14 @@ def test_top1_loss_is_a_hinge_on_the_greedy_pick():
     alpha, targets = torch.tensor([1.0, 0.5]), torch.tensor([1, 0])
     lp_b, lp_r = torch.log_softmax(base, -1), torch.log_softmax(reward, -1)
     s = lp_b + alpha[:, None] * lp_r
-    want = [math.log1p(math.exp(max(s[i, j] for j in range(3) if j != t) - s[i, t])) for i, t in enumerate(targets)]
+    want = [1 / (1 + math.exp(s[i, t] - max(s[i, j] for j in range(3) if j != t))) for i, t in enumerate(targets)]
     got = mixed_top1_loss(base, reward, alpha, targets, 3)
     torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float32))
-    assert got[0] < math.log(2) < got[1]  # row 0's target is the greedy pick, row 1's is not
+    assert got[0] < 0.5 < got[1]  # row 0's target is the greedy pick, row 1's is not
+    # Bounded: a miss by a wide margin costs at most 1 (the NLL and a hinge grow with the margin).
+    far = mixed_top1_loss(torch.tensor([[30.0, 0.0, 0.0]]), torch.tensor([[30.0, 0.0, 0.0]]), torch.tensor([4.0]),
+                          torch.tensor([1]), 3)
+    assert 0.99 < far.item() <= 1.0
     # Only alpha carries a gradient, and it lowers the loss where the reward model prefers the target.
     a = torch.tensor([1.0, 0.5], requires_grad=True)
     mixed_top1_loss(base, reward, a, targets, 3).sum().backward()
