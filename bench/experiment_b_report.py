@@ -13,6 +13,10 @@ import sys
 from taro_ext.evaluation.stats import paired_difference_interval
 
 
+# The later routers' files, in order: "_round2" holds the round-2 router's rows, and so on.
+ROUNDS = ("_round2", "_round3")
+
+
 def _load(directory: str, stem: str):
     path = os.path.join(directory, f"{stem}.json")
     if not os.path.isfile(path):
@@ -65,9 +69,9 @@ def likelihood_section(result: dict, note: str = "") -> list[str]:
 def main(directory: str) -> str:
     lines = []
     # The routers' rows are rerun when a router is retrained (arithmetic_router: taro and any fixed
-    # alpha added with it; arithmetic_round2: the round-2 router); a method of a later file replaces
+    # alpha added with it; arithmetic_roundN: the round-N router); a method of a later file replaces
     # the same-named method of an earlier one (arithmetic: base and GenARM).
-    runs = [(stem, r) for stem in ("arithmetic", "arithmetic_router", "arithmetic_round2")
+    runs = [(stem, r) for stem in ("arithmetic", "arithmetic_router") + tuple(f"arithmetic{s}" for s in ROUNDS)
             if (r := _load(directory, stem))]
     if runs:
         lines += generation_section([r for _, r in runs],
@@ -84,7 +88,8 @@ def main(directory: str) -> str:
     if gsm8k:
         lines += generation_section([gsm8k], "The hard set: GSM8K test")
     for task in ("alpaca_eval", "medqa"):
-        for stem, note in ((task, ""), (f"{task}_round2", " (round-2 router)")):
+        for stem, note in ((task, ""),) + tuple((f"{task}{s}", f" ({s[1:].replace('round', 'round-')} router)")
+                                                for s in ROUNDS):
             result = _load(directory, stem)
             if result:
                 lines += likelihood_section(result, note)

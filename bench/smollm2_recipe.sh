@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The SmolLM2-135M recipe: training data, the LoRA ARM reward model (SFT warm start, then the
 # pair loss with a chosen-step NLL term), a first TopK router, the corrections of its TARo policy's
-# wrong results, then the TopK router and the full-logits router on all of it.
+# wrong results, a second router, the corrections of its TARo policy's, then the TopK router and the
+# full-logits router on all of it.
 # `make recipe` runs it; it writes under $OUT (default recipe_out/) and logs each stage's wall
 # time to $OUT/run_log.txt. `SHIP=1` copies the reward adapters and the TopK router to
 # taro_ext/assets (the full-logits router, 25 MB, is an evaluation baseline and is not shipped).
@@ -41,9 +42,17 @@ stage router_round1 $PY -m taro_ext.cli train-router "${ROUTER_ARGS[@]}" --examp
 stage corrections $PY -m taro_ext.cli make-corrections --base smollm2 --reward "$OUT/reward" \
   --router "$OUT/router_round1" --num-problems 400 --output "$OUT/data/corrections.jsonl"
 # Both files shuffled together (--seed 0); 105 rows held out.
-ROUND2=(--examples "$OUT/data/router.jsonl" "$OUT/data/corrections.jsonl" --num-train 100000 --num-val 105)
-stage router_topk $PY -m taro_ext.cli train-router "${ROUTER_ARGS[@]}" "${ROUND2[@]}" --design topk --output "$OUT/router_topk"
-stage router_full $PY -m taro_ext.cli train-router "${ROUTER_ARGS[@]}" "${ROUND2[@]}" --design full --output "$OUT/router_full"
+stage router_round2 $PY -m taro_ext.cli train-router "${ROUTER_ARGS[@]}" --examples "$OUT/data/router.jsonl" \
+  "$OUT/data/corrections.jsonl" --num-train 100000 --num-val 105 --design topk --output "$OUT/router_round2"
+# Round 3 (a second round of DAgger): TARo with the round-2 router answers 800 more problems (seed 5),
+# and the routers train on all three files, the correction rows weighted 30 in the loss: they are about 4%
+# of the tokens, and unweighted (round 2) the router still gave TARo's mistakes alpha 0.8 on average.
+stage corrections2 $PY -m taro_ext.cli make-corrections --base smollm2 --reward "$OUT/reward" \
+  --router "$OUT/router_round2" --num-problems 800 --seed 5 --output "$OUT/data/corrections2.jsonl"
+ROUND3=(--examples "$OUT/data/router.jsonl" "$OUT/data/corrections.jsonl" "$OUT/data/corrections2.jsonl"
+        --num-train 100000 --num-val 105 --domain-weight correction=30)
+stage router_topk $PY -m taro_ext.cli train-router "${ROUTER_ARGS[@]}" "${ROUND3[@]}" --design topk --output "$OUT/router_topk"
+stage router_full $PY -m taro_ext.cli train-router "${ROUTER_ARGS[@]}" "${ROUND3[@]}" --design full --output "$OUT/router_full"
 if [ "${SHIP:-0}" = 1 ]; then
   rm -rf taro_ext/assets/smollm2_reward taro_ext/assets/smollm2_router
   cp -r "$OUT/reward" taro_ext/assets/smollm2_reward
