@@ -183,16 +183,27 @@ TARO_INLINE float max_of(const T* x, int64_t padded) {
 // polynomial with p(0) = 1 exactly (a relative least-squares fit on Chebyshev nodes of
 // [-1/2, 1/2]; the degree-6 Taylor polynomial is no more accurate in fp32, 2.4e-7, and
 // costs one FMA more); 2^n built in the exponent bits.
+// With AVX-512 the rounding is one roundscale and 2^n * p one scalef (the same values, three
+// instructions fewer per vector: the exp sweep is bound by vector ops, so 12 instead of 15).
 TARO_INLINE VecF vexp2_in_range(VecF u) {
+#if defined(__AVX512F__)
+  const __m512 n = _mm512_roundscale_ps(reinterpret_cast<__m512>(u), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const VecF f = u - reinterpret_cast<VecF>(n);
+#else
   const VecF t = u + 12582912.0f;
   const VecF f = u - (t - 12582912.0f);
+#endif
   VecF p = f * 1.3218672247603536e-3f + 9.671698324382305e-3f;
   p = p * f + 5.550893023610115e-2f;
   p = p * f + 2.4022237956523895e-1f;
   p = p * f + 6.931468844413757e-1f;
   p = p * f + 1.0f;
+#if defined(__AVX512F__)
+  return reinterpret_cast<VecF>(_mm512_scalef_ps(reinterpret_cast<__m512>(p), n));
+#else
   const VecI scale = ((VecI)t - (0x4B400000 - 127)) << 23;
   return p * (VecF)scale;
+#endif
 }
 
 constexpr float kLog2e = 1.44269504088896341f;
