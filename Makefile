@@ -28,7 +28,9 @@ $(VENV)/.deps-installed: requirements.txt
 # The llama.cpp engine (taro_ext.llamacpp, the `llamacpp` extra), part of `make setup` (so of `make demo`,
 # `make test` and CI). llama-cpp-python compiles llama.cpp from its source distribution, CPU only: 9.5 min
 # wall (10.5 min of CPU) with these options on this 2-core machine, the other core busy. GGML_NATIVE=OFF builds for any x86-64 CPU with AVX2/FMA/F16C
-# (not for this machine's exact CPU); LLAVA_BUILD=OFF skips the multimodal (mtmd) library, which we
+# (not for this machine's exact CPU). GGML_NATIVE=ON compiles here, but its library stopped with
+# SIGILL (illegal instruction) on the first decode (measured 2026-12-02; this VM's CPU flags list AMX
+# and AVX512-FP16). LLAVA_BUILD=OFF skips the multimodal (mtmd) library, which we
 # do not use. As a subproject llama.cpp already builds no tests, tools, examples or server.
 # The stamp makes re-runs instant; pip also keeps the built wheel in its cache (~/.cache/pip), which
 # does not look at CMAKE_ARGS: `pip cache remove llama_cpp_python` after changing them.
