@@ -76,7 +76,7 @@ def _check_models_given(methods, args) -> None:
 def _run_eval(args) -> int:
     import torch
 
-    from ..evaluation.datasets import load_items
+    from ..evaluation.datasets import EVAL_SEED, load_items
     from ..evaluation.harness import markdown_table, parse_methods, run_methods, write_report
     from ..models import load_model
     from ..router import load_router
@@ -87,7 +87,7 @@ def _run_eval(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype)
     _check_models_given(methods, args)
-    items = load_items(args.task, args.data, args.limit, **({} if args.seed is None else {"synthetic_seed": args.seed}))
+    items = load_items(args.task, args.data, args.limit, synthetic_seed=EVAL_SEED if args.seed is None else args.seed)
     base, tokenizer = load_model(args.base, dtype=dtype, device=device)
     reward = load_model(args.reward, dtype=dtype, device=device)[0] if args.reward else None
     router = load_router(args.router, map_location=device) if args.router else None

@@ -31,7 +31,7 @@ import torch
 from .. import reference
 from ..atomic import write_file
 from ..router import _RouterBase
-from ..validate import as_int
+from ..validate import as_float, as_int
 from .batches import collate_completions, completion_logits, encode_completion
 from .config import TrainConfig
 from .distributed import DistributedContext, distributed_context
@@ -257,10 +257,7 @@ class RouterTrainer:
         weights = list(weights)
         if len(weights) != n:
             raise ValueError(f"weights: one per example, got {len(weights)} for {n} examples")
-        for i, w in enumerate(weights):
-            if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w < float("inf"):
-                raise ValueError(f"weights[{i}] must be a finite number > 0, got {w!r}")
-        return [float(w) for w in weights]
+        return [as_float(f"weights[{i}]", w, above=0.0) for i, w in enumerate(weights)]
 
     def _loss(self, router, indices):
         base_rows, reward_rows, targets = self.frozen.rows(indices)
