@@ -92,14 +92,30 @@ def _fused_step_triton(base_logits: torch.Tensor, reward_logits: torch.Tensor, e
 _fused_step_triton.register_fake(_fake_step)
 
 
-def fused_step(backend: str, base_logits, reward_logits, weights: Optional[dict], *, k: int, vocab_size: int,
+NO_ROUTER_ARGS = (None, None, None, None, None, 0.0)
+
+
+def router_args(weights: dict) -> tuple:
+    """``router.weights()`` as the ops' router arguments ``(embed, w1, b1, w2, b2, alpha_max)``
+    (a full-logits router has no ``embed``; it never reaches a fused op, whose checks say so)."""
+    return (weights.get("embed"), weights["w1"], weights["b1"], weights["w2"], weights["b2"],
+            float(weights["alpha_max"]))
+
+
+# Each backend's OpOverload, resolved on first use: calling the overload itself skips the
+# packet's lookup on every decode step.
+_OVERLOADS: dict = {}
+
+
+def fused_step(backend: str, base_logits, reward_logits, router: tuple, *, k: int, vocab_size: int,
                temperature: float, uniform, alpha_override, return_logprobs: bool):
-    """Run one fused backend ("cpu", "cuda" or "triton"); ``weights`` from ``router.weights()`` or None."""
-    w = weights or {}
-    op = getattr(torch.ops.taro_ext, BACKEND_TABLE[backend].op)
-    tokens, alpha, token_logprobs, logprobs = op(
-        base_logits, reward_logits, w.get("embed"), w.get("w1"), w.get("b1"), w.get("w2"), w.get("b2"),
-        float(w.get("alpha_max", 0.0)), k, vocab_size, temperature, uniform, alpha_override, return_logprobs)
+    """Run one fused backend ("cpu", "cuda" or "triton"); ``router`` from ``router_args`` or
+    ``NO_ROUTER_ARGS``."""
+    op = _OVERLOADS.get(backend)
+    if op is None:
+        op = _OVERLOADS[backend] = getattr(torch.ops.taro_ext, BACKEND_TABLE[backend].op).default
+    tokens, alpha, token_logprobs, logprobs = op(base_logits, reward_logits, *router, k, vocab_size, temperature,
+                                                 uniform, alpha_override, return_logprobs)
     if not return_logprobs:  # the CPU kernel then skips the mixed score's normaliser
         return tokens, alpha, None, None
     return tokens, alpha, token_logprobs, logprobs

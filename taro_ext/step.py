@@ -14,7 +14,8 @@ from typing import NamedTuple, Optional
 import torch
 
 from . import reference
-from .ops import AUTO_PREFERENCE, BACKEND_TABLE, BACKENDS, available_backends, fused_step
+from .ops import (AUTO_PREFERENCE, BACKEND_TABLE, BACKENDS, NO_ROUTER_ARGS, available_backends, fused_step,
+                  router_args)
 from .router import FullLogitsRouter, TopKRouter, _RouterBase
 from .validate import as_float, as_int
 
@@ -29,7 +30,7 @@ class StepResult(NamedTuple):
 
 
 def _pick_backend(backend: str, device: torch.device, design: str) -> str:
-    if backend not in ("auto",) + BACKENDS:
+    if backend != "auto" and backend not in BACKEND_TABLE:
         raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {backend!r}")
     if design == "full":
         if backend not in ("auto", "torch"):
@@ -98,9 +99,9 @@ def _check_sampling(temperature, uniform, batch, device):
     return uniform.to(torch.float32).contiguous()
 
 
-def _router_weights(router, vocab_size, device) -> dict:
-    """``router.weights()`` after the router checks. The layout checks (``_check_router_layout``)
-    and the weights dict are cached per router until a parameter is replaced, moved or written
+def _router_weights(router, vocab_size, device) -> tuple:
+    """``(router.weights(), ops.router_args(weights))`` after the router checks. The layout checks
+    (``_check_router_layout``) and both are cached per router until a parameter is replaced, moved or written
     in place (its ``_version``): together they cost more than the kernel of a B=1 step (about
     18 us of the 30 us of Python per call measured at V=128256). Under torch.compile nothing is
     cached (the trace sees the checks once anyway)."""
@@ -120,11 +121,13 @@ def _router_weights(router, vocab_size, device) -> dict:
             pass
     if key is None:
         _check_router_layout(router, device)
-        return router.weights()
+        weights = router.weights()
+        return weights, router_args(weights)
     cached = _ROUTER_CACHE.get(router)
     if cached is None or cached[0] != key:
         _check_router_layout(router, device)
-        cached = (key, router.weights())
+        weights = router.weights()
+        cached = (key, (weights, router_args(weights)))
         _ROUTER_CACHE[router] = cached
     return cached[1]
 
@@ -209,7 +212,7 @@ def _run(base_logits, reward_logits, router, *, temperature, uniform, vocab_size
     elif router is None:
         raise ValueError("router is required unless alpha_override is given")
     uses_router = router is not None and alpha_override is None
-    weights = _router_weights(router, vocab_size, device) if uses_router else None
+    weights, op_router = _router_weights(router, vocab_size, device) if uses_router else (None, NO_ROUTER_ARGS)
     design = router.design if uses_router else "topk"
     chosen = _pick_backend(backend, device, design)
     if check_inputs:
@@ -229,7 +232,7 @@ def _run(base_logits, reward_logits, router, *, temperature, uniform, vocab_size
             uniform=uniform, return_logprobs=return_logprobs)
         tokens, alpha, token_logprobs, logprobs = out
         return StepResult(tokens, alpha, token_logprobs if return_logprobs else None, logprobs)
-    return StepResult(*fused_step(chosen, base_logits, reward_logits, weights,
+    return StepResult(*fused_step(chosen, base_logits, reward_logits, op_router,
                                   k=router.k if weights is not None else 1, vocab_size=vocab_size,
                                   temperature=temperature, uniform=uniform,
                                   alpha_override=alpha_override, return_logprobs=return_logprobs))
