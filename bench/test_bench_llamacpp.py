@@ -16,8 +16,9 @@ rows run the same llama.cpp forwards with the step a user writes in eager PyTorc
 the step is worth once the forward is fast.
 
 Opt-in (loads SmolLM2 twice, minutes on 2 cores): ``TARO_BENCH_LLAMACPP=1 TARO_BENCH_NOTE="$(uptime)"
-pytest -q bench/test_bench_llamacpp.py --benchmark-only --benchmark-json bench/results/llamacpp.json``,
-then ``python -m taro_ext.benchreport bench/results/llamacpp.json --out bench/results/llamacpp.md``.
+pytest -q bench/test_bench_llamacpp.py --benchmark-only --benchmark-json bench/results/llamacpp-wall.json``,
+then ``python -m taro_ext.benchreport bench/results/llamacpp-wall.json --out bench/results/llamacpp-wall.md``
+(``llamacpp.md`` is the hand-written summary of every llama.cpp measurement).
 """
 from __future__ import annotations
 
