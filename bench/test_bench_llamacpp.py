@@ -6,9 +6,8 @@ model's GGUF export (Q8_0, ``taro_ext.gguf_export``'s default); transformers dec
 fp32 checkpoint and the merged reward model. Greedy, chat template, 64 new tokens (with the prompt's
 prefill in the time: 16 new tokens would time mostly the prefill).
 
-One group per batch size (B=1, B=8) and thread count (1, 2: llama.cpp threads in all, torch
-intra-op threads; with 2, GenARM and TARo run the two models' forwards side by side on one thread
-each, and the ``models in turn`` row runs them one after the other on both threads); baseline ``taro (transformers)``, so ``vs baseline`` of ``taro (llama.cpp)`` is the
+One group per batch size (B=1, B=8) and thread count (1, 2: llama.cpp threads per model, torch
+intra-op threads); baseline ``taro (transformers)``, so ``vs baseline`` of ``taro (llama.cpp)`` is the
 speed-up the issue asks for. tokens/s counts the tokens generated (rows that finish early stop
 counting, in both engines). llama.cpp rows record ``step_share``: the fraction of the decode loop's
 forward + step time spent in the step (the rest is llama.cpp's forwards). The ``eager PyTorch step``
@@ -91,7 +90,6 @@ def _eager_step(gen):
 CASES = [(b, t) for b in (1, 8) for t in (1, 2)]
 ROWS = [("base", "transformers"), ("genarm", "transformers"), ("taro", "transformers"),
         ("base", "llama.cpp"), ("genarm", "llama.cpp"), ("taro", "llama.cpp"),
-        ("taro", "llama.cpp, models in turn"),
         ("genarm", "llama.cpp, eager PyTorch step"), ("taro", "llama.cpp, eager PyTorch step")]
 
 
@@ -101,8 +99,6 @@ def test_engine(benchmark, models, batch, threads, mode, engine):
     from taro_ext import TaroGenerator
     from taro_ext.llamacpp import LlamaCppTaroGenerator
 
-    if "in turn" in engine and threads == 1:
-        pytest.skip("one thread: the models run in turn anyway")
     router = models["router"] if mode == "taro" else None
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -112,7 +108,7 @@ def test_engine(benchmark, models, batch, threads, mode, engine):
                                 alpha=GENARM_ALPHA, reward_tokenizer=models["reward_tok"])
         else:
             gen = LlamaCppTaroGenerator(models["base_gguf"], models["reward_gguf"], router, mode=mode,
-                                        alpha=GENARM_ALPHA, n_threads=threads, parallel_models="in turn" not in engine)
+                                        alpha=GENARM_ALPHA, n_threads=threads)
             if "eager" in engine:
                 _eager_step(gen)
         prompts = PROMPTS[:batch]

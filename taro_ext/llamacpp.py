@@ -13,10 +13,6 @@ every token. The decode loop:
    (``numpy.ctypeslib.as_array`` over the pointer, then ``torch.from_numpy``) and passed to
    ``taro_step`` (backend ``cpu``, the fused C++ kernel) with the router, or with
    ``alpha_override`` for GenARM (fixed alpha) and base (0; the reward model is not run).
-   With two models and ``n_threads >= 2`` the two ``llama_decode`` calls run at the same time,
-   the reward model's on a worker thread (ctypes releases the GIL), each with half the threads:
-   a 135M model's forward gains 1.37x from a second thread (SmolLM2, B=1, measured), two
-   forwards side by side nearly 2x.
 3. The picked tokens are fed to both contexts as the next batch. A finished row (EOS / end of
    generation token, or a stop string in its decoded text) is removed from both KV caches and
    from the batch.
@@ -29,7 +25,6 @@ Tokenisation, the chat template and detokenisation use the GGUF's own tokenizer 
 """
 from __future__ import annotations
 
-import concurrent.futures
 import ctypes
 import os
 import time
@@ -181,29 +176,23 @@ class LlamaCppTaroGenerator:
 
     ``base`` and ``reward`` are GGUF paths (or ``llama_cpp.Llama`` objects from ``load_gguf``);
     they must share one vocabulary (the reward GGUF written by ``taro_ext.gguf_export`` copies the
-    base's tokenizer). ``reward`` may be None in mode ``base``. ``n_threads`` is llama.cpp's threads in
-    all: with two models and ``parallel_models`` (the default) their forwards run at the same time,
-    the base on ``ceil(n_threads / 2)`` threads and the reward model on the rest; otherwise each model
-    runs in turn on ``n_threads``. The step runs on ``backend`` (``cpu``: the fused C++ kernel;
-    ``torch``: the reference). ``generate`` has ``TaroGenerator.generate``'s signature and output.
+    base's tokenizer). ``reward`` may be None in mode ``base``. ``n_threads`` is llama.cpp's thread
+    count per model. The step runs on ``backend`` (``cpu``: the fused C++ kernel; ``torch``: the
+    reference). ``generate`` has ``TaroGenerator.generate``'s signature and output.
 
     ``close()`` (or leaving a ``with`` block) frees the llama.cpp contexts, then the models this
     generator loaded from paths; models passed in as ``Llama`` objects stay with their owner.
     """
 
     def __init__(self, base, reward, router: Optional[_RouterBase], *, mode: str = "taro", alpha: float = 1.0,
-                 n_threads: int = 1, parallel_models: bool = True, backend: str = "cpu",
-                 vocab_size: Optional[int] = None):
+                 n_threads: int = 1, backend: str = "cpu", vocab_size: Optional[int] = None):
         alpha = check_mode_args(mode, alpha, router, reward, backend)
         if backend not in ("cpu", "torch"):
             raise ValueError(f"backend must be 'cpu' or 'torch' (the logits are on the CPU), got {backend!r}")
         n_threads = as_int("n_threads", n_threads, minimum=1)
         self.api = _llama_cpp()
-        if not isinstance(parallel_models, bool):
-            raise TypeError(f"parallel_models must be a bool, got {type(parallel_models).__name__}")
         self.n_threads = n_threads
         self._contexts: list[_Context] = []
-        self._worker: Optional[concurrent.futures.ThreadPoolExecutor] = None  # the reward forward's thread
         self._loaded: list = []  # the Llama models loaded here from paths: close() frees them
         self.base = self.reward = None
         try:
@@ -226,9 +215,6 @@ class LlamaCppTaroGenerator:
         self.alpha = alpha
         self.router = router.to("cpu") if mode == "taro" else None
         self.eos_ids = sorted(i for i in range(shared_vocab) if self.api.llama_vocab_is_eog(self.vocab, i))
-        self.parallel_models = parallel_models and len(self._models()) == 2 and n_threads >= 2
-        if self.parallel_models:
-            self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="taro-reward-forward")
         self.timings = {"forward_s": 0.0, "step_s": 0.0, "steps": 0}
 
     def _model(self, model):
@@ -297,23 +283,6 @@ class LlamaCppTaroGenerator:
     def _models(self):
         return [self.base] + ([self.reward] if self.reward is not None else [])
 
-    def _context_threads(self) -> list[int]:
-        """llama.cpp threads of each model's context: all of them, or split when the forwards run side by side."""
-        if self.parallel_models:
-            return [self.n_threads - self.n_threads // 2, self.n_threads // 2]
-        return [self.n_threads] * len(self._models())
-
-    def _forward(self, contexts: list[_Context], batch, n_outputs: int) -> list[torch.Tensor]:
-        """Each model's logits rows for ``batch``: both forwards at once with ``parallel_models``."""
-        if not self.parallel_models:
-            return [c.decode(batch, n_outputs) for c in contexts]
-        reward = self._worker.submit(contexts[1].decode, batch, n_outputs)
-        try:
-            base = contexts[0].decode(batch, n_outputs)
-        finally:
-            concurrent.futures.wait([reward])  # the batch must outlive the reward model's forward
-        return [base, reward.result()]
-
     def _get_contexts(self, n_seq: int, n_ctx_seq: int, n_batch: int) -> list[_Context]:
         """A context per model for this call: reused (cleared) when big enough, else created."""
         if not (len(self._contexts) == len(self._models())
@@ -321,17 +290,14 @@ class LlamaCppTaroGenerator:
             for c in self._contexts:
                 c.close()
             n_ctx_seq = -(-n_ctx_seq // 256) * 256  # room for a few later calls of similar size
-            self._contexts = [_Context(self.api, m, n_seq, n_ctx_seq, n_batch, threads)
-                              for m, threads in zip(self._models(), self._context_threads())]
+            self._contexts = [_Context(self.api, m, n_seq, n_ctx_seq, n_batch, self.n_threads)
+                              for m in self._models()]
         for c in self._contexts:
             c.clear()
         return self._contexts
 
     def close(self):
         """Frees the llama.cpp contexts, then the models loaded from paths; the generator is unusable after."""
-        if self._worker is not None:
-            self._worker.shutdown(wait=True)
-            self._worker = None
         for c in self._contexts:
             c.close()
         self._contexts = []
@@ -399,7 +365,7 @@ class LlamaCppTaroGenerator:
 
         def run(n_outputs, uniform, check_inputs):
             t0 = time.perf_counter()
-            logits = self._forward(contexts, llama_batch.batch, n_outputs)
+            logits = [c.decode(llama_batch.batch, n_outputs) for c in contexts]
             t1 = time.perf_counter()
             step = self.mix(logits[0], logits[1] if len(logits) > 1 else None, temperature, uniform, check_inputs)
             t2 = time.perf_counter()

@@ -181,45 +181,6 @@ def test_batch_equals_one_prompt_at_a_time(tiny):
         np.testing.assert_allclose(alone.alphas[0], batched.alphas[row], rtol=0, atol=1e-5)
 
 
-
-@needs_llama_cpp
-@pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_parallel_models_match_models_in_turn(tiny, monkeypatch, temperature):
-    """With ``n_threads=3`` the two forwards run side by side (base on 2 threads, the reward model on
-    1, in the worker thread) and pick what the models run in turn pick; a lone model never splits."""
-    import threading
-
-    from taro_ext.llamacpp import LlamaCppTaroGenerator, _Context
-
-    callers = []
-    decode = _Context.decode
-
-    def traced(self, batch, n_outputs):
-        callers.append(threading.current_thread().name)
-        return decode(self, batch, n_outputs)
-
-    monkeypatch.setattr(_Context, "decode", traced)
-    side_by_side, _ = _generators(tiny, "taro", n_threads=3)
-    in_turn, _ = _generators(tiny, "taro", n_threads=3, parallel_models=False)
-    assert side_by_side.parallel_models and side_by_side._context_threads() == [2, 1]
-    assert not in_turn.parallel_models and in_turn._context_threads() == [3, 3]
-    got = side_by_side.generate(PROMPTS, max_new_tokens=STEPS, temperature=temperature, seed=5)
-    in_worker = sum(c.startswith("taro-reward-forward") for c in callers)
-    assert in_worker > 0 and 2 * in_worker == len(callers)  # one reward forward per base forward, off the caller
-    callers.clear()
-    want = in_turn.generate(PROMPTS, max_new_tokens=STEPS, temperature=temperature, seed=5)
-    assert not any(c.startswith("taro-reward-forward") for c in callers)
-    assert got.token_ids == want.token_ids
-    # llama.cpp splits its matrix products by thread: the logits, hence alpha, move within float rounding.
-    for a, b in zip(got.alphas, want.alphas):
-        np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
-    lone = LlamaCppTaroGenerator(tiny["base_gguf"], None, None, mode="base", n_threads=2)
-    assert not lone.parallel_models and lone._context_threads() == [2]
-    with pytest.raises(TypeError, match="parallel_models"):
-        LlamaCppTaroGenerator(tiny["base_gguf"], None, None, mode="base", parallel_models=1)
-    for gen in (side_by_side, in_turn, lone):
-        gen.close()
-
 @needs_llama_cpp
 def test_stop_strings_and_eos(tiny):
     ours, ref = _generators(tiny, "genarm")
