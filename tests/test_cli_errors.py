@@ -106,6 +106,8 @@ def test_flags(tmp_path, capsys):
          "argument --domain-weight: expected DOMAIN=W with W a finite number > 0, got 'correction'"),
         (["train-router", "--base", "b", "--reward", "r", "--output", "o", "--domain-weight", "c=-1"],
          "argument --domain-weight: expected DOMAIN=W"),
+        (["train-router", "--base", "b", "--reward", "r", "--output", "o", "--domain-loss", "arithmetic=mse"],
+         "argument --domain-loss: expected DOMAIN=LOSS with LOSS one of nll, top1, got 'arithmetic=mse'"),
         (["eval", "--task", "mmlu"], "argument --task: invalid choice: 'mmlu'"),
         (["generate", "--prompt", "hi", "--engine", "vllm"], "argument --engine: invalid choice: 'vllm'"),
     ]

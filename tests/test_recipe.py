@@ -165,6 +165,20 @@ def test_cli_make_data_then_reward_with_warm_start_then_router_by_domain(tmp_pat
                  "--examples", str(data / "router.jsonl"), "--num-val", "2", "--domain-weight", "medical=2",
                  "--output", str(tmp_path / "router3"), *common]) == 2
     assert "--domain-weight: no training record has domain 'medical'" in capsys.readouterr().err
+    # --domain-loss: every record on the bounded top1 loss (at most 1 per token), against the NLL of a
+    # random tiny model (about log V per token) on the same first batch.
+    losses = {}
+    for name, extra in (("nll", []), ("top1", ["--domain-loss", "arithmetic=top1", "general=top1"])):
+        assert main(["train-router", "--base", str(tmp_path / "base"), "--reward", str(tmp_path / "rm"),
+                     "--examples", str(data / "router.jsonl"), "--num-val", "2", "--k", "4", "--embed-dim", "4",
+                     "--hidden", "8", "--max-steps", "1", *extra, "--output", str(tmp_path / f"router_{name}"),
+                     *common]) == 0
+        losses[name] = json.loads((tmp_path / f"router_{name}" / "train_log.json").read_text())["history"][0]["loss"]
+    assert 0 < losses["top1"] <= 1 < losses["nll"]
+    assert main(["train-router", "--base", str(tmp_path / "base"), "--reward", str(tmp_path / "rm"),
+                 "--examples", str(data / "router.jsonl"), "--num-val", "2", "--domain-loss", "medical=top1",
+                 "--output", str(tmp_path / "router4"), *common]) == 2
+    assert "--domain-loss: no training record has domain 'medical'" in capsys.readouterr().err
     assert main(["make-corrections", "--base", str(tmp_path / "base"), "--reward", str(tmp_path / "rm"),
                  "--output", str(corrections)]) == 2
     assert "--reward and --router go together" in capsys.readouterr().err

@@ -96,6 +96,9 @@ def add_commands(subparsers) -> None:
                         "are held out and evaluated per domain")
     p.add_argument("--domain-weight", type=_domain_weight, default=[], nargs="+", metavar="DOMAIN=W",
                    help="scale the loss of the training records of DOMAIN by W (default 1), e.g. correction=10")
+    p.add_argument("--domain-loss", type=_domain_loss, default=[], nargs="+", metavar="DOMAIN=LOSS",
+                   help="train the records of DOMAIN on LOSS (nll or top1) instead of their own (a record's "
+                        "'loss' field, nll when it has none), e.g. arithmetic=top1")
     _add_optim_args(p, lr=1e-3)
     p.set_defaults(func=_train_router)
 
@@ -235,6 +238,18 @@ def _domain_weight(text: str) -> tuple[str, float]:
     return domain, weight
 
 
+def _domain_loss(text: str) -> tuple[str, str]:
+    import argparse
+
+    from ..training.router_training import LOSSES
+
+    domain, sep, loss = text.partition("=")
+    if not (sep and domain and loss in LOSSES):
+        raise argparse.ArgumentTypeError(f"expected DOMAIN=LOSS with LOSS one of {', '.join(sorted(LOSSES))}, "
+                                         f"got {text!r}")
+    return domain, loss
+
+
 def _train_router(args) -> int:
     from ..router import FullLogitsRouter, TopKRouter
     from ..training import RouterTrainer, format_alpha_table
@@ -259,10 +274,12 @@ def _train_router(args) -> int:
     if len(records) <= args.num_val:
         raise CliError(f"--num-val={args.num_val} leaves no training examples out of {len(records)}")
     n_train = len(records) - args.num_val
-    domain_weights = dict(args.domain_weight)
-    unknown = sorted(set(domain_weights) - {r.get("domain") for r in records[:n_train]})
-    if unknown:
-        raise CliError(f"--domain-weight: no training record has domain {unknown[0]!r}")
+    domain_weights, domain_losses = dict(args.domain_weight), dict(args.domain_loss)
+    for option, domains in (("--domain-weight", domain_weights), ("--domain-loss", domain_losses)):
+        unknown = sorted(set(domains) - {r.get("domain") for r in records[:n_train]})
+        if unknown:
+            raise CliError(f"{option}: no training record has domain {unknown[0]!r}")
+    records = [dict(r, loss=domain_losses[r["domain"]]) if r.get("domain") in domain_losses else r for r in records]
     base, tokenizer = _load(args.base, args, ctx)
     reward, _ = _load(args.reward, args, ctx)
     examples = router_pairs(records, tokenizer, args.chat)
