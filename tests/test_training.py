@@ -270,6 +270,17 @@ def test_top1_loss_is_a_smoothed_greedy_miss():
     a = torch.tensor([1.0, 0.5], requires_grad=True)
     mixed_top1_loss(base, reward, a, targets, 3).sum().backward()
     assert a.grad[0] < 0 and a.grad[1] < 0
+    # scale tau divides the margin: sigmoid(margin / tau), by hand; a wide miss keeps a gradient.
+    margins = [math.log(1 / w - 1) * -1 for w in want]
+    torch.testing.assert_close(mixed_top1_loss(base, reward, alpha, targets, 3, scale=4.0),
+                               torch.tensor([1 / (1 + math.exp(-m / 4)) for m in margins]))
+    grads = []
+    for scale in (1.0, 4.0):
+        a = torch.tensor([0.1], requires_grad=True)  # a miss by about 6 nats at alpha 0.1
+        mixed_top1_loss(torch.tensor([[6.0, 0.0, 0.0]]), torch.tensor([[0.0, 6.0, 0.0]]), a, torch.tensor([1]), 3,
+                        scale=scale).sum().backward()
+        grads.append(a.grad.item())
+    assert grads[1] < 5 * grads[0] < 0  # the slope toward a larger alpha is over 5x steeper at tau = 4 (9x)
 
 
 def test_router_trainer_uses_each_examples_loss():
@@ -288,6 +299,15 @@ def test_router_trainer_uses_each_examples_loss():
         want = LOSSES[kind](b, r, trainer.router(b, r, len(tok)), t, len(tok)).sum().item()
         assert losses[kind] == pytest.approx(want, rel=1e-6)
     assert losses["nll"] != pytest.approx(losses["top1"])
+    torch.manual_seed(0)
+    scaled = RouterTrainer(base, reward, tok, TopKRouter(len(tok), k=4, embed_dim=4, hidden=8),
+                           [(p, t, "top1") for p, t in examples], config=quiet(max_steps=1, device="cpu"), top1_scale=4.0)
+    b, r, t = scaled.frozen.rows([0, 1])
+    want = LOSSES["top1"](b, r, scaled.router(b, r, len(tok)), t, len(tok), scale=4.0).sum().item()
+    assert scaled._loss(scaled.router, [0, 1])[0].item() == pytest.approx(want, rel=1e-6)
+    assert want != pytest.approx(losses["top1"])
+    with pytest.raises(ValueError, match="top1_scale must be > 0"):
+        RouterTrainer(base, reward, tok, TopKRouter(len(tok), k=4), examples, top1_scale=0.0)
     with pytest.raises(ValueError, match=r"examples\[0\]: loss must be one of \['nll', 'top1'\]"):
         RouterTrainer(base, reward, tok, TopKRouter(len(tok), k=4), [(examples[0][0], examples[0][1], "mse")])
 

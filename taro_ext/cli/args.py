@@ -50,6 +50,13 @@ def non_negative_float(value: str) -> float:
     return x
 
 
+def positive_float(value: str) -> float:
+    x = float(value)
+    if not (math.isfinite(x) and x > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {value}")
+    return x
+
+
 def directory_to_write(value: str) -> str:
     """A directory that exists or can be created (not an existing file)."""
     if os.path.exists(value) and not os.path.isdir(value):

@@ -13,7 +13,7 @@ import os
 import random
 import time
 
-from .args import CliError, directory_to_write, non_negative_int, positive_int
+from .args import CliError, directory_to_write, non_negative_int, positive_float, positive_int
 
 DATA_SOURCES = ("gsm8k", "math", "synthetic", "arithmetic")
 
@@ -99,6 +99,9 @@ def add_commands(subparsers) -> None:
     p.add_argument("--domain-loss", type=_domain_loss, default=[], nargs="+", metavar="DOMAIN=LOSS",
                    help="train the records of DOMAIN on LOSS (nll or top1) instead of their own (a record's "
                         "'loss' field, nll when it has none), e.g. arithmetic=top1")
+    p.add_argument("--top1-scale", type=positive_float, default=1.0, metavar="TAU",
+                   help="the top1 loss's margin scale: sigmoid(margin / TAU) (default 1); a larger TAU keeps a "
+                        "gradient on misses by a wide margin")
     _add_optim_args(p, lr=1e-3)
     p.set_defaults(func=_train_router)
 
@@ -294,7 +297,8 @@ def _train_router(args) -> int:
         router.start_at_alpha(args.init_alpha)
     trainer = RouterTrainer(base, reward, tokenizer, router, train, config=config, max_length=args.max_length,
                             cache=args.cache, cache_dtype=getattr(torch, args.cache_dtype),
-                            weights=[domain_weights.get(r.get("domain"), 1.0) for r in records[:n_train]])
+                            weights=[domain_weights.get(r.get("domain"), 1.0) for r in records[:n_train]],
+                            top1_scale=args.top1_scale)
     t1 = time.perf_counter()
     history = trainer.train()
     t2 = time.perf_counter()

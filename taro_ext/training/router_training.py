@@ -13,7 +13,9 @@ logits rows), and the loss is averaged over target tokens. Per example, the loss
   where the reward model is wrong a large alpha is a confident mistake. A softplus hinge
   (``softplus(max_{j != y} s_j - s_y)``, tried first) has the same flaw, unbounded in the margin of
   a miss: lowest at alpha 0.5 too (1.12; 2.91 at alpha 4). The sigmoid falls with the miss rate,
-  0.44 at alpha 0 to 0.35 at 4.
+  0.44 at alpha 0 to 0.35 at 4. ``top1_scale`` (tau, default 1) divides the margin,
+  ``sigmoid(margin / tau)``: still bounded by 1 per token, but a miss by a wide margin keeps a
+  gradient (at tau = 1 a miss by 5 nats has slope 0.007, the router cannot learn to fix it).
 
 Only the router has gradients; the frozen models' logits rows at the target
 positions are computed under ``no_grad`` once per batch, or once in all with a cache
@@ -52,10 +54,10 @@ def _nll_of(s: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return -torch.log_softmax(s, dim=-1).gather(-1, targets[:, None])[:, 0]
 
 
-def _top1_of(s: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def _top1_of(s: torch.Tensor, targets: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     target = s.gather(-1, targets[:, None])[:, 0]
     others = s.scatter(-1, targets[:, None], float("-inf")).max(dim=-1).values
-    return torch.sigmoid(others - target)
+    return torch.sigmoid((others - target) / scale)
 
 
 def mixed_nll(base_rows: torch.Tensor, reward_rows: torch.Tensor, alpha: torch.Tensor, targets: torch.Tensor,
@@ -65,10 +67,10 @@ def mixed_nll(base_rows: torch.Tensor, reward_rows: torch.Tensor, alpha: torch.T
 
 
 def mixed_top1_loss(base_rows: torch.Tensor, reward_rows: torch.Tensor, alpha: torch.Tensor, targets: torch.Tensor,
-                    vocab_size: int) -> torch.Tensor:
-    """Per-row ``sigmoid(max_{j != target} s_j - s_target)`` of the mixed score ``s`` (spec step 6):
-    below 1/2 exactly when the target is the greedy pick."""
-    return _top1_of(_mixed(base_rows, reward_rows, alpha, vocab_size), targets)
+                    vocab_size: int, scale: float = 1.0) -> torch.Tensor:
+    """Per-row ``sigmoid((max_{j != target} s_j - s_target) / scale)`` of the mixed score ``s`` (spec
+    step 6): below 1/2 exactly when the target is the greedy pick."""
+    return _top1_of(_mixed(base_rows, reward_rows, alpha, vocab_size), targets, scale)
 
 
 LOSSES = {"nll": mixed_nll, "top1": mixed_top1_loss}
@@ -207,12 +209,15 @@ class RouterTrainer:
     pairs, or ``(prompt, target, loss)`` with ``loss`` a key of ``LOSSES`` (default ``nll``); the
     loss covers target tokens only (prompt and target are tokenised separately, as a decoder
     appends target tokens after the prompt's). ``weights`` (one per example, default 1) scale each
-    example's tokens in the loss: the recipe's few correction rows are otherwise about 1% of them."""
+    example's tokens in the loss: the recipe's few correction rows are otherwise about 1% of them.
+    ``top1_scale`` is the ``top1`` loss's margin scale tau (module docstring)."""
 
     def __init__(self, base_model, reward_model, tokenizer, router, examples: Sequence[tuple[str, str]], *,
                  config: Optional[TrainConfig] = None, max_length: int = 1024, cache: Optional[str] = None,
-                 cache_dtype: torch.dtype = torch.float32, weights: Optional[Sequence[float]] = None):
+                 cache_dtype: torch.dtype = torch.float32, weights: Optional[Sequence[float]] = None,
+                 top1_scale: float = 1.0):
         max_length = as_int("max_length", max_length, minimum=2)
+        self.top1_scale = as_float("top1_scale", top1_scale, above=0.0)
         if not isinstance(router, _RouterBase):
             raise TypeError(f"router must be a TopKRouter or FullLogitsRouter, got {type(router).__name__}")
         if config is not None and not isinstance(config, TrainConfig):
@@ -268,7 +273,8 @@ class RouterTrainer:
         for name, fn in LOSSES.items():
             rows = torch.tensor([k == name for k in kinds], device=alpha.device)
             if rows.any():
-                per_token = fn(base_rows[rows], reward_rows[rows], alpha[rows], targets[rows], self.vocab_size)
+                extra = {"scale": self.top1_scale} if name == "top1" else {}
+                per_token = fn(base_rows[rows], reward_rows[rows], alpha[rows], targets[rows], self.vocab_size, **extra)
                 loss = loss + (weights[rows] * per_token).sum()
         return loss, {"alpha": (weights * alpha).sum().item()}
 
