@@ -82,10 +82,6 @@ class ExperimentAConfig:
     router_k: int = 8
     router_embed_dim: int = 8
     router_hidden: int = 32
-    # The router's loss on the in-domain rows (the stories always train on the NLL, which keeps the
-    # base's distribution there): "nll", or "top1", the smoothed count of greedy misses that the
-    # SmolLM2 recipe trains its correction rows on (greedy accuracy is what claim 1 compares).
-    router_in_domain_loss: str = "nll"
 
 
 # --- the two domains ---------------------------------------------------------------------------
@@ -259,8 +255,7 @@ def train_world(cfg: ExperimentAConfig, data: dict) -> dict:
     start = _clock()
     router = TopKRouter(len(tok), k=cfg.router_k, embed_dim=cfg.router_embed_dim, hidden=cfg.router_hidden,
                         alpha_max=max(cfg.alpha_grid))
-    examples = ([(prompt_of(s), s.text + END, cfg.router_in_domain_loss) for s in data["problems"][:cfg.n_router]]
-                + [(prompt_of(s), s.text + END, "nll") for s in data["stories"][:cfg.n_router]])
+    examples = [(prompt_of(s), s.text + END) for s in data["problems"][:cfg.n_router] + data["stories"][:cfg.n_router]]
     trainer = RouterTrainer(base, reward, tok, router, examples,
                             config=_train_config(cfg, cfg.router_steps, cfg.router_learning_rate, 5), cache="memory")
     logs["router"] = trainer.train()
@@ -469,8 +464,6 @@ CLI_FIELDS = ("n_train", "n_router", "n_test", "base_steps", "large_steps", "rew
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from ..training.router_training import LOSSES
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default="bench/results", help="writes experiment_a.{json,md,png} here")
@@ -478,13 +471,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes")
     for f in CLI_FIELDS:
         parser.add_argument("--" + f.replace("_", "-"), type=int, default=getattr(ExperimentAConfig, f))
-    parser.add_argument("--router-in-domain-loss", choices=sorted(LOSSES), default=ExperimentAConfig.router_in_domain_loss,
-                        help="the router's loss on the word problems (the stories train on nll)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    base_cfg = ExperimentAConfig(**{f: getattr(args, f) for f in CLI_FIELDS},
-                                 router_in_domain_loss=args.router_in_domain_loss)
+    base_cfg = ExperimentAConfig(**{f: getattr(args, f) for f in CLI_FIELDS})
     from .harness import machine_description
 
     start = time.perf_counter()
