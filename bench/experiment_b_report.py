@@ -13,8 +13,11 @@ import sys
 from taro_ext.evaluation.stats import paired_difference_interval
 
 
-# The later routers' files, in order: "_round2" holds the round-2 router's rows, and so on.
-ROUNDS = ("_round2", "_round3")
+# The later routers' files, in order: "_round2" holds the round-2 router's rows, and so on; "_full" the
+# full-logits router retrained with round 3's data (eighth session).
+ROUNDS = ("_round2", "_round3", "_full")
+# Fixed alphas added after the first run, in-domain only ("_genarm8": alpha 8, eighth session).
+ADDED_FIXED = ("_genarm8",)
 
 
 def _load(directory: str, stem: str):
@@ -45,10 +48,12 @@ def generation_section(results: list[dict], title: str) -> list[str]:
                      + f"{alpha} | {s['tokens_per_s']} |")
     fixed = [m for m in summary if m.startswith("genarm:")]
     if "base" in correct and fixed:
-        best = max(fixed, key=lambda m: summary[m]["accuracy"])
-        lines += ["", f"Best fixed alpha here: `{best}`. Paired differences (95% bootstrap over items):", ""]
+        top = max(summary[m]["accuracy"] for m in fixed)
+        best = [m for m in fixed if summary[m]["accuracy"] == top]  # every fixed alpha tied for the best
+        lines += ["", f"Best fixed alpha here: {', '.join(f'`{m}`' for m in best)}. Paired differences (95% bootstrap "
+                  "over items):", ""]
         for m in [x for x in summary if x.startswith("taro")]:
-            for ref in ("base", best):
+            for ref in ["base"] + best:
                 low, high = paired_difference_interval(correct[m], correct[ref])
                 diff = summary[m]["accuracy"] - summary[ref]["accuracy"]
                 lines.append(f"- `{m}` - `{ref}`: {100 * diff:+.1f} points [{100 * low:+.1f}, {100 * high:+.1f}]")
@@ -71,8 +76,8 @@ def main(directory: str) -> str:
     # The routers' rows are rerun when a router is retrained (arithmetic_router: taro and any fixed
     # alpha added with it; arithmetic_roundN: the round-N router); a method of a later file replaces
     # the same-named method of an earlier one (arithmetic: base and GenARM).
-    runs = [(stem, r) for stem in ("arithmetic", "arithmetic_router") + tuple(f"arithmetic{s}" for s in ROUNDS)
-            if (r := _load(directory, stem))]
+    runs = [(stem, r) for stem in ("arithmetic", "arithmetic_router")
+            + tuple(f"arithmetic{s}" for s in ADDED_FIXED + ROUNDS) if (r := _load(directory, stem))]
     if runs:
         lines += generation_section([r for _, r in runs],
                                     "In domain: graded arithmetic word problems (held-out seed 1234)")
