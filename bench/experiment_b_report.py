@@ -16,6 +16,7 @@ from taro_ext.evaluation.stats import paired_difference_interval
 # The later routers' files, in order: "_round2" holds the round-2 router's rows, and so on; "_full" the
 # full-logits router retrained with round 3's data (eighth session).
 ROUNDS = ("_round2", "_round3", "_full")
+ROUND_NOTES = {"_full": "the retrained full-logits router, with GenARM 8 and the round-3 router rerun"}
 # Fixed alphas added after the first run, in-domain only ("_genarm8": alpha 8, eighth session).
 ADDED_FIXED = ("_genarm8",)
 
@@ -93,7 +94,7 @@ def main(directory: str) -> str:
     if gsm8k:
         lines += generation_section([gsm8k], "The hard set: GSM8K test")
     for task in ("alpaca_eval", "medqa"):
-        for stem, note in ((task, ""),) + tuple((f"{task}{s}", f" ({s[1:].replace('round', 'round-')} router)")
+        for stem, note in ((task, ""),) + tuple((f"{task}{s}", f" ({ROUND_NOTES.get(s, s[1:].replace('round', 'round-') + ' router')})")
                                                 for s in ROUNDS):
             result = _load(directory, stem)
             if result:
