@@ -15,7 +15,8 @@ logits rows), and the loss is averaged over target tokens. Per example, the loss
   a miss: lowest at alpha 0.5 too (1.12; 2.91 at alpha 4). The sigmoid falls with the miss rate,
   0.44 at alpha 0 to 0.35 at 4. ``top1_scale`` (tau, default 1) divides the margin,
   ``sigmoid(margin / tau)``: still bounded by 1 per token, but a miss by a wide margin keeps a
-  gradient (at tau = 1 a miss by 5 nats has slope 0.007, the router cannot learn to fix it).
+  gradient (at tau = 1 a miss by 5 nats has slope 0.007). Tried at tau = 4 on the SmolLM2 recipe
+  (bench/results/experiment_b_router_attempts.md, round 5): it did not help there.
 
 Only the router has gradients; the frozen models' logits rows at the target
 positions are computed under ``no_grad`` once per batch, or once in all with a cache
@@ -23,6 +24,7 @@ positions are computed under ``no_grad`` once per batch, or once in all with a c
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -217,7 +219,8 @@ class RouterTrainer:
                  cache_dtype: torch.dtype = torch.float32, weights: Optional[Sequence[float]] = None,
                  top1_scale: float = 1.0):
         max_length = as_int("max_length", max_length, minimum=2)
-        self.top1_scale = as_float("top1_scale", top1_scale, above=0.0)
+        scale = as_float("top1_scale", top1_scale, above=0.0)
+        self.loss_fns = dict(LOSSES, top1=functools.partial(mixed_top1_loss, scale=scale))
         if not isinstance(router, _RouterBase):
             raise TypeError(f"router must be a TopKRouter or FullLogitsRouter, got {type(router).__name__}")
         if config is not None and not isinstance(config, TrainConfig):
@@ -270,11 +273,10 @@ class RouterTrainer:
         kinds = [self.losses[i] for i in indices for _ in self.encoded[i][1]]
         weights = torch.tensor([self.weights[i] for i in indices for _ in self.encoded[i][1]], device=alpha.device)
         loss = alpha.new_zeros(())
-        for name, fn in LOSSES.items():
+        for name, fn in self.loss_fns.items():
             rows = torch.tensor([k == name for k in kinds], device=alpha.device)
             if rows.any():
-                extra = {"scale": self.top1_scale} if name == "top1" else {}
-                per_token = fn(base_rows[rows], reward_rows[rows], alpha[rows], targets[rows], self.vocab_size, **extra)
+                per_token = fn(base_rows[rows], reward_rows[rows], alpha[rows], targets[rows], self.vocab_size)
                 loss = loss + (weights[rows] * per_token).sum()
         return loss, {"alpha": (weights * alpha).sum().item()}
 
