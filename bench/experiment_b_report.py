@@ -94,8 +94,9 @@ def main(directory: str) -> str:
     if gsm8k:
         lines += generation_section([gsm8k], "The hard set: GSM8K test")
     for task in ("alpaca_eval", "medqa"):
-        for stem, note in ((task, ""),) + tuple((f"{task}{s}", f" ({ROUND_NOTES.get(s, s[1:].replace('round', 'round-') + ' router')})")
-                                                for s in ROUNDS):
+        later = [(f"{task}{s}", f" ({ROUND_NOTES.get(s, s[1:].replace('round', 'round-') + ' router')})")
+                 for s in ROUNDS]
+        for stem, note in [(task, "")] + later:
             result = _load(directory, stem)
             if result:
                 lines += likelihood_section(result, note)

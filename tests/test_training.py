@@ -258,7 +258,8 @@ def test_top1_loss_is_a_smoothed_greedy_miss():
     alpha, targets = torch.tensor([1.0, 0.5]), torch.tensor([1, 0])
     lp_b, lp_r = torch.log_softmax(base, -1), torch.log_softmax(reward, -1)
     s = lp_b + alpha[:, None] * lp_r
-    want = [1 / (1 + math.exp(s[i, t] - max(s[i, j] for j in range(3) if j != t))) for i, t in enumerate(targets)]
+    margins = [max(s[i, j] for j in range(3) if j != t) - s[i, t] for i, t in enumerate(targets)]
+    want = [1 / (1 + math.exp(-m)) for m in margins]
     got = mixed_top1_loss(base, reward, alpha, targets, 3)
     torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float32))
     assert got[0] < 0.5 < got[1]  # row 0's target is the greedy pick, row 1's is not
@@ -271,7 +272,6 @@ def test_top1_loss_is_a_smoothed_greedy_miss():
     mixed_top1_loss(base, reward, a, targets, 3).sum().backward()
     assert a.grad[0] < 0 and a.grad[1] < 0
     # scale tau divides the margin: sigmoid(margin / tau), by hand; a wide miss keeps a gradient.
-    margins = [math.log(1 / w - 1) * -1 for w in want]
     torch.testing.assert_close(mixed_top1_loss(base, reward, alpha, targets, 3, scale=4.0),
                                torch.tensor([1 / (1 + math.exp(-m / 4)) for m in margins]))
     grads = []
@@ -301,7 +301,8 @@ def test_router_trainer_uses_each_examples_loss():
     assert losses["nll"] != pytest.approx(losses["top1"])
     torch.manual_seed(0)
     scaled = RouterTrainer(base, reward, tok, TopKRouter(len(tok), k=4, embed_dim=4, hidden=8),
-                           [(p, t, "top1") for p, t in examples], config=quiet(max_steps=1, device="cpu"), top1_scale=4.0)
+                           [(p, t, "top1") for p, t in examples], config=quiet(max_steps=1, device="cpu"),
+                           top1_scale=4.0)
     b, r, t = scaled.frozen.rows([0, 1])
     want = LOSSES["top1"](b, r, scaled.router(b, r, len(tok)), t, len(tok), scale=4.0).sum().item()
     assert scaled._loss(scaled.router, [0, 1])[0].item() == pytest.approx(want, rel=1e-6)
