@@ -26,10 +26,10 @@
 //
 // Threads (thread_pool.h: work claiming, sleeping workers, no spin): whole rows per item
 // when the batch spreads over the threads; otherwise rows are cut into chunks of whole
-// blocks, with one parallel_for per pass and the cheap merge (top-K lists, router) on the
-// calling thread in between. Chunks of one row share their top-K thresholds.
+// blocks, with one parallel_for per pass (pass 1: block maxima and softmax sums; pass 2)
+// and the row's cheap part on the calling thread in between: the top-K of the few blocks
+// whose max reaches the K-th largest block max of the row, and the router.
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -60,10 +60,10 @@ typedef uint16_t VecH __attribute__((vector_size(2 * kLanes)));
 constexpr int64_t kBlock = 512;           // tokens per block: the unit of both passes
 constexpr int64_t kChunkBlocks = 16;      // blocks per work item when rows are split
 // Below this many logits (of one model) per thread, use fewer threads. Waking a sleeping
-// worker costs 10-50 us on this project's VM, with jitter: a B=1 step at V=128256 (about
-// 100 us of work) ran 1.23x faster on 2 threads in one run and 0.75x in the next, and a
-// worker preempted by another process holds up the caller. So a thread must get at least a
-// full Llama-3 row's work (B=1 at V=1M, about 1 ms on one thread, splits in two: 1.3x).
+// worker costs 3-5 us on this project's 2-core AMD VM (16 us after 10 ms idle), and the
+// caller sleeps again if the worker still holds an item: a B=1 step at V=128256 split in two
+// took 33 us at best against 45 us on one thread, but 51 us against 48 us in the median
+// (C++ harness, 3000 calls). So a thread gets at least a full Llama-3 row's work.
 constexpr int64_t kMinItemLogits = 131072;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
@@ -266,42 +266,28 @@ inline bool ranks_before(const Candidate& a, const Candidate& b) {
   return a.value > b.value || (a.value == b.value && a.id < b.id);
 }
 
-// Largest value any chunk of one row has proven to be at most the row's K-th best: the K-th
-// best of a chunk (K values of the row are >= it). Chunks scanning in parallel raise it.
-using SharedThreshold = std::atomic<float>;
-
-void raise_threshold(SharedThreshold* shared, float value) {
-  float cur = shared->load(std::memory_order_relaxed);
-  while (value > cur && !shared->compare_exchange_weak(cur, value, std::memory_order_relaxed)) {
-  }
-}
-
-// Top-K over one slice scanned in increasing id order. Candidates go into a buffer of 2K
+// Top-K of one row, offered blocks in increasing id order. Candidates go into a buffer of 2K
 // (at least K + 64); when it fills, nth_element keeps the best K and the K-th value becomes
-// the slice's own threshold. A later logit equal to it has a higher id than everything
-// kept, so admission is strict (x > own). A shared threshold comes from other slices of the
-// row, possibly of lower ids, so a logit equal to it may still rank: admission x >= shared.
+// the collector's own threshold. A later logit equal to it has a higher id than everything
+// kept, so admission is strict (x > own). `floor` is a value the caller has proven to be at
+// most the row's K-th best, so a logit equal to it may still rank: admission x >= floor.
 class TopKCollector {
  public:
-  TopKCollector(int k, SharedThreshold* shared)
-      : k_(k), capacity_(std::max<int64_t>(2 * k, k + 64)), shared_(shared) {
+  TopKCollector(int k, float floor) : k_(k), capacity_(std::max<int64_t>(2 * k, k + 64)), floor_(floor) {
     buf_.reserve(capacity_);
   }
 
-  // x: n logits from id first_id on, readable as whole vectors (whole_vectors). `floor` is a
-  // value the caller has proven to be at most the slice's K-th best (admission x >= floor,
-  // like the shared threshold's).
+  // x: n logits from id first_id on, readable as whole vectors (whole_vectors).
   template <typename T>
-  void offer_block(const T* x, int64_t n, int64_t first_id, float block_max, float floor) {
-    float shared = std::max(floor, shared_ != nullptr ? shared_->load(std::memory_order_relaxed) : kNegInf);
-    if (!admits(block_max, shared)) return;
+  void offer_block(const T* x, int64_t n, int64_t first_id, float block_max) {
+    if (!admits(block_max)) return;
     // One compare per vector against the stricter of the two conditions, value > own
-    // threshold (once full) and value >= shared, kept in locals (members would be reloaded
-    // every vector: push may change them). Before the buffer is full every logit >= shared
+    // threshold (once full) and value >= floor, kept in locals (members would be reloaded
+    // every vector: push may change them). Before the buffer is full every logit >= floor
     // is a candidate, -inf included (a row may have fewer than K finite logits). Lanes past
-    // n hold -inf: masked off, as -inf >= shared holds until a slice raises it.
-    bool strict = full_ && threshold_ >= shared;
-    float bound = strict ? threshold_ : shared;
+    // n hold -inf: masked off.
+    bool strict = full_ && threshold_ >= floor_;
+    float bound = strict ? threshold_ : floor_;
     for (int64_t v = 0; v < n; v += kLanes) {
       const VecF xv = load(x + v);
       uint32_t mask = strict ? lanes_above(xv, bound) : lanes_at_least(xv, bound);
@@ -310,11 +296,10 @@ class TopKCollector {
         const int lane = __builtin_ctz(mask);
         mask &= mask - 1;
         const float value = to_float(x[v + lane]);
-        if (admits(value, shared)) {
+        if (admits(value)) {
           push({value, static_cast<int32_t>(first_id + v + lane)});
-          if (shared_ != nullptr) shared = std::max(shared, shared_->load(std::memory_order_relaxed));
-          strict = full_ && threshold_ >= shared;
-          bound = strict ? threshold_ : shared;
+          strict = full_ && threshold_ >= floor_;
+          bound = strict ? threshold_ : floor_;
         }
       }
     }
@@ -328,7 +313,7 @@ class TopKCollector {
   }
 
  private:
-  bool admits(float value, float shared) const { return (!full_ || value > threshold_) && value >= shared; }
+  bool admits(float value) const { return (!full_ || value > threshold_) && value >= floor_; }
 
   void push(Candidate c) {
     buf_.push_back(c);
@@ -341,38 +326,24 @@ class TopKCollector {
     buf_.resize(k_);
     threshold_ = buf_[k_ - 1].value;
     full_ = true;
-    if (shared_ != nullptr) raise_threshold(shared_, threshold_);
   }
 
   int64_t k_;
   int64_t capacity_;
-  SharedThreshold* shared_;
+  float floor_;
   std::vector<Candidate> buf_;
   bool full_ = false;
   float threshold_ = kNegInf;
 };
 
-// Pass-1 results of one slice of one logits row.
-struct SlicePartial {
-  SoftmaxStats stats;
-  std::vector<Candidate> topk;  // sorted, at most K
-};
-
 // Pass 1 over logits [lo, hi) of one row, in two sweeps of its blocks (the second from L2):
-//   1. the max of every block, hence the slice's max m (the softmax needs no running rescale)
-//      and a floor for the top-K: the K-th largest block max is at most the K-th best logit
-//      (K blocks each hold a logit >= it), so only the blocks whose max reaches it, K of them
-//      unless maxima tie, are offered to the collector. Offered in id order with a running
-//      threshold instead, a third of the blocks of a random row get in (84 of 251 at
-//      V = 128256, K = 16), and comparing their logits cost as much as the exps.
-//   2. one exp per logit for the online-softmax sums;
-//   3. the top-K of the blocks that reach the floor (from L1 or L2).
+//   1. the max of every block, into block_max (the slice's first block first), hence the
+//      slice's max m (the softmax needs no running rescale);
+//   2. one exp per logit for the online-softmax sums.
 template <typename T>
-SlicePartial scan_row_slice(const T* row, int64_t lo, int64_t hi, int k, SharedThreshold* shared) {
-  SlicePartial out;
+SoftmaxStats scan_row_slice(const T* row, int64_t lo, int64_t hi, float* block_max) {
   alignas(64) T scratch[kBlock];
   const int64_t blocks = (hi - lo + kBlock - 1) / kBlock;
-  std::vector<float> block_max(blocks);
   float m = kNegInf;
   for (int64_t j = 0; j < blocks; ++j) {
     const int64_t b = lo + j * kBlock, n = std::min(kBlock, hi - b);
@@ -381,14 +352,6 @@ SlicePartial scan_row_slice(const T* row, int64_t lo, int64_t hi, int k, SharedT
     block_max[j] = max_of(x, padded);
     m = std::max(m, block_max[j]);
   }
-  float floor = kNegInf;
-  if (k > 0 && blocks >= k) {
-    std::vector<float> maxima = block_max;
-    std::nth_element(maxima.begin(), maxima.begin() + (k - 1), maxima.end(), std::greater<float>());
-    floor = maxima[k - 1];
-    if (shared != nullptr) raise_threshold(shared, floor);  // at most the row's K-th best too
-  }
-  TopKCollector topk(std::max(k, 1), shared);
   float d = 0.0f, t = 0.0f;
   if (m != kNegInf) {
     // In base 2: u = (x - m) log2(e), e = 2^u, t += e u ln 2. u is clamped at -126 (one
@@ -421,20 +384,33 @@ SlicePartial scan_row_slice(const T* row, int64_t lo, int64_t hi, int k, SharedT
     d = hsum(d0 + d1);
     t = hsum(t0 + t1) * kLn2;
   }
-  if (k > 0) {
-    // A loop of its own: a call inside the exp loop made it 15% slower (every vector register
-    // is caller-saved). Blocks below the floor, nearly all of them, cost one compare here.
-    for (int64_t j = 0; j < blocks; ++j) {
-      if (!(block_max[j] >= floor)) continue;
-      const int64_t b = lo + j * kBlock, n = std::min(kBlock, hi - b);
-      int64_t padded;
-      const T* x = whole_vectors(row + b, n, scratch, padded);
-      topk.offer_block(x, n, b, block_max[j], floor);
-    }
+  return {m, d, t};
+}
+
+// The row's top-K (sorted) from its block maxima: the K-th largest block max is at most the
+// K-th best logit (K blocks each hold a logit >= it), so only the blocks whose max reaches
+// it, K of them unless maxima tie, are offered to the collector, and every other block costs
+// one compare. Offered in id order with a running threshold instead, a third of the blocks of
+// a random row get in (84 of 251 at V = 128256, K = 16), and comparing their logits cost as
+// much as the exps. Called right after pass 1 (the row's blocks are still in cache).
+template <typename T>
+std::vector<Candidate> row_topk(const T* row, int64_t vocab, const float* block_max, int64_t blocks, int k) {
+  float floor = kNegInf;
+  if (blocks >= k) {
+    std::vector<float> maxima(block_max, block_max + blocks);
+    std::nth_element(maxima.begin(), maxima.begin() + (k - 1), maxima.end(), std::greater<float>());
+    floor = maxima[k - 1];
   }
-  out.stats = {m, d, t};
-  if (k > 0) out.topk = std::move(topk.finish());
-  return out;
+  alignas(64) T scratch[kBlock];
+  TopKCollector topk(k, floor);
+  for (int64_t j = 0; j < blocks; ++j) {
+    if (!(block_max[j] >= floor)) continue;
+    const int64_t b = j * kBlock, n = std::min(kBlock, vocab - b);
+    int64_t padded;
+    const T* x = whole_vectors(row + b, n, scratch, padded);
+    topk.offer_block(x, n, b, block_max[j]);
+  }
+  return std::move(topk.finish());
 }
 
 // z = (x_b + alpha x_r) * inv_t for kLanes tokens. The reward term is 0 when alpha == 0
@@ -488,16 +464,6 @@ void append_embedding_rows(const RouterWeights& w, const std::vector<Candidate>&
   }
 }
 
-// Merge sorted per-slice top-K lists (slices are disjoint id ranges) into the row's top-K.
-std::vector<Candidate> merge_topk(const SlicePartial* parts, int64_t count, int k) {
-  if (count == 1) return parts[0].topk;
-  std::vector<Candidate> all;
-  for (int64_t c = 0; c < count; ++c) all.insert(all.end(), parts[c].topk.begin(), parts[c].topk.end());
-  std::partial_sort(all.begin(), all.begin() + k, all.end(), ranks_before);
-  all.resize(k);
-  return all;
-}
-
 // One call of the step for logits element type T (float, Bf16 or Fp16).
 template <typename T>
 class StepRunner {
@@ -524,10 +490,8 @@ class StepRunner {
     if (router_) {
       part_b_.resize(batch_ * chunks_);
       part_r_.resize(batch_ * chunks_);
-      if (chunks_ > 1) {
-        shared_ = std::vector<SharedThreshold>(2 * batch_);
-        for (SharedThreshold& t : shared_) t.store(kNegInf, std::memory_order_relaxed);
-      }
+      block_max_b_.resize(batch_ * blocks_);
+      block_max_r_.resize(batch_ * blocks_);
     }
   }
 
@@ -597,24 +561,24 @@ class StepRunner {
 
   void pass1(int64_t item) {
     const Slice s = slice(item);
-    SharedThreshold* shared = chunks_ > 1 ? &shared_[2 * s.row] : nullptr;
-    part_b_[item] = scan_row_slice(base_row(s.row), s.lo, s.hi, p_.k, shared);
-    part_r_[item] = scan_row_slice(reward_row(s.row), s.lo, s.hi, p_.k, shared ? shared + 1 : nullptr);
+    const int64_t first_block = s.row * blocks_ + s.lo / kBlock;
+    part_b_[item] = scan_row_slice(base_row(s.row), s.lo, s.hi, &block_max_b_[first_block]);
+    part_r_[item] = scan_row_slice(reward_row(s.row), s.lo, s.hi, &block_max_r_[first_block]);
   }
 
-  // Slice partials -> the row's log-normalisers, entropies, top-K lists and alpha.
+  // Slice partials and block maxima -> the row's log-normalisers, entropies, top-K lists and alpha.
   void merge_row(int64_t row) {
-    const SlicePartial* pb = &part_b_[row * chunks_];
-    const SlicePartial* pr = &part_r_[row * chunks_];
+    const SoftmaxStats* pb = &part_b_[row * chunks_];
+    const SoftmaxStats* pr = &part_r_[row * chunks_];
     SoftmaxStats sb, sr;
     for (int64_t c = 0; c < chunks_; ++c) {
-      sb.merge(pb[c].stats);
-      sr.merge(pr[c].stats);
+      sb.merge(pb[c]);
+      sr.merge(pr[c]);
     }
     const float lse_b = sb.log_normaliser(), lse_r = sr.log_normaliser();
     const int k = p_.k;
-    const std::vector<Candidate> top_b = merge_topk(pb, chunks_, k);
-    const std::vector<Candidate> top_r = merge_topk(pr, chunks_, k);
+    const std::vector<Candidate> top_b = row_topk(base_row(row), vocab_, &block_max_b_[row * blocks_], blocks_, k);
+    const std::vector<Candidate> top_r = row_topk(reward_row(row), vocab_, &block_max_r_[row * blocks_], blocks_, k);
     const RouterWeights& w = p_.router;
     std::vector<float> x;
     x.reserve(router_input_dim(k, w.embed_dim));
@@ -780,9 +744,9 @@ class StepRunner {
   int threads_ = 1;
   int64_t chunks_ = 1;
   std::vector<float> alpha_;                   // [B]
-  std::vector<SlicePartial> part_b_, part_r_;  // [B * chunks] (router only)
-  std::vector<SharedThreshold> shared_;        // [B, 2] top-K thresholds (split rows only)
-  std::vector<BlockScore> scores_;             // [B, blocks]
+  std::vector<SoftmaxStats> part_b_, part_r_;  // [B * chunks] (router only)
+  std::vector<float> block_max_b_, block_max_r_;  // [B, blocks] max logit per block (router only)
+  std::vector<BlockScore> scores_;              // [B, blocks]
 };
 
 bool params_valid(const StepParams& p) {
