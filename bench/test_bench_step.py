@@ -324,10 +324,11 @@ def test_gpu_copy_bandwidth(benchmark):
     assert torch.equal(dst[:1024], src[:1024])
 
 
-# B=8: whole rows per thread. B=1: the kernel keeps a 128256-logit row on the calling thread whatever
-# the thread count (rows split from 2 x kMinItemLogits = 262144 logits up), so its two settings run the
-# same code (the pool is not touched) and their ratio shows this machine's jitter.
-THREADS_SHAPES = [Shape("cpu", 1, 128256, "fp32", 16, 0.0), Shape("cpu", 8, 128256, "fp32", 16, 0.0)]
+# B=8: whole rows per thread. B=3: rows cut into chunks (3 rows do not spread evenly over 2 threads).
+# B=1: the kernel keeps a 128256-logit row on the calling thread whatever the thread count (a batch is
+# split from 2 x kMinItemLogits = 262144 logits up), so its two settings run the same code (the pool is
+# not touched) and their ratio shows this machine's jitter.
+THREADS_SHAPES = [Shape("cpu", b, 128256, "fp32", 16, 0.0) for b in (1, 3, 8)]
 
 
 @pytest.fixture(scope="module", params=THREADS_SHAPES, ids=lambda s: f"B{s.batch}")
