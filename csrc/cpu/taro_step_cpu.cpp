@@ -221,6 +221,11 @@ TARO_INLINE VecF vexp2_in_range(VecF u) {
 constexpr float kLog2e = 1.44269504088896341f;
 constexpr float kLn2 = 0.69314718055994531f;
 constexpr float kExp2Lowest = -126.0f;  // 2^u below this is 0 (the fp32 result would be denormal)
+#if defined(__FMA__)
+constexpr bool kFmaOffset = true;  // scan_row_slice's u: see there
+#else
+constexpr bool kFmaOffset = false;
+#endif
 
 // exp(x) for x <= 88; 0 for x < -87.3 (2^-126) and for -inf.
 TARO_INLINE VecF vexp(VecF x) {
@@ -251,7 +256,9 @@ struct SoftmaxStats {
     d = ca * d + cb * o.d;
     m = mx;
   }
-  float log_normaliser() const { return m + std::log(d); }
+  // x - logsumexp for a logit x of the slice: (x - m) is exact for the x near m that matter
+  // (Sterbenz), where x - (m + log d) would round m + log d to fp32's grid at |m| (1e-3 at 1e4).
+  float logprob(float x) const { return (x - m) - std::log(d); }
   // -sum p log p with p = exp(x - m) / d.
   float entropy() const { return std::log(d) - t / d; }
 };
@@ -354,11 +361,18 @@ SoftmaxStats scan_row_slice(const T* row, int64_t lo, int64_t hi, float* block_m
   }
   float d = 0.0f, t = 0.0f;
   if (m != kNegInf) {
-    // In base 2: u = (x - m) log2(e), e = 2^u, t += e u ln 2. u is clamped at -126 (one
-    // max, no compare and blend): a logit more than 87 below the max, or -inf, then adds
+    // In base 2: u = (x - m) log2(e), e = 2^u, t += e u ln 2. u must hold fp32 precision for
+    // the x near m that carry the sums, also where |x| is 1e4 and fp32's grid 1e-3 wide. Where
+    // the target has FMA, u = x log2(e) - mv in one rounding (GCC and Clang contract a * b - c
+    // there): mv, m log2(e) rounded, is off by err, the same for every u, and d and t are
+    // corrected for it after the sweep (uncorrected, every log-prob feature was off by up to
+    // 5e-4). Elsewhere x - m first, exact near m (Sterbenz), one instruction more. u is
+    // clamped at -126 (one max, no compare and blend): a logit more than 87 below the max, or -inf, then adds
     // 2^-126 to d and -126 * 2^-126 to t, which no fp32 sum that holds the max's own 1
     // can register, and never 0 * -inf = NaN. Two accumulator pairs halve the add chains.
-    const VecF mv = splat(m * kLog2e), lowest = splat(kExp2Lowest);
+    const float m_log2e = m * kLog2e;
+    const VecF mv = splat(kFmaOffset ? m_log2e : m), lowest = splat(kExp2Lowest);
+    auto offset = [&mv](VecF x) { return kFmaOffset ? x * kLog2e - mv : (x - mv) * kLog2e; };
     VecF d0 = splat(0.0f), t0 = d0, d1 = d0, t1 = d0;
     for (int64_t j = 0; j < blocks; ++j) {
       const int64_t b = lo + j * kBlock, n = std::min(kBlock, hi - b);
@@ -366,8 +380,8 @@ SoftmaxStats scan_row_slice(const T* row, int64_t lo, int64_t hi, float* block_m
       const T* x = whole_vectors(row + b, n, scratch, padded);
       int64_t i = 0;
       for (; i + 2 * kLanes <= padded; i += 2 * kLanes) {
-        const VecF u0 = vmax(load(x + i) * kLog2e - mv, lowest);
-        const VecF u1 = vmax(load(x + i + kLanes) * kLog2e - mv, lowest);
+        const VecF u0 = vmax(offset(load(x + i)), lowest);
+        const VecF u1 = vmax(offset(load(x + i + kLanes)), lowest);
         const VecF e0 = vexp2_in_range(u0), e1 = vexp2_in_range(u1);
         d0 += e0;
         t0 += e0 * u0;
@@ -375,14 +389,17 @@ SoftmaxStats scan_row_slice(const T* row, int64_t lo, int64_t hi, float* block_m
         t1 += e1 * u1;
       }
       if (i < padded) {
-        const VecF u0 = vmax(load(x + i) * kLog2e - mv, lowest);
+        const VecF u0 = vmax(offset(load(x + i)), lowest);
         const VecF e0 = vexp2_in_range(u0);
         d0 += e0;
         t0 += e0 * u0;
       }
     }
-    d = hsum(d0 + d1);
-    t = hsum(t0 + t1) * kLn2;
+    // Each u was (x - m) log2(e) + err: d and the sum of e u scaled back by 2^-err.
+    const float err = kFmaOffset ? std::fma(m, kLog2e, -m_log2e) : 0.0f;
+    const float back = std::exp2(-err);
+    d = hsum(d0 + d1) * back;
+    t = (hsum(t0 + t1) * back - err * d) * kLn2;
   }
   return {m, d, t};
 }
@@ -575,15 +592,14 @@ class StepRunner {
       sb.merge(pb[c]);
       sr.merge(pr[c]);
     }
-    const float lse_b = sb.log_normaliser(), lse_r = sr.log_normaliser();
     const int k = p_.k;
     const std::vector<Candidate> top_b = row_topk(base_row(row), vocab_, &block_max_b_[row * blocks_], blocks_, k);
     const std::vector<Candidate> top_r = row_topk(reward_row(row), vocab_, &block_max_r_[row * blocks_], blocks_, k);
     const RouterWeights& w = p_.router;
     std::vector<float> x;
     x.reserve(router_input_dim(k, w.embed_dim));
-    for (const Candidate& c : top_b) x.push_back(std::max(c.value - lse_b, kFeatureLogprobFloor));
-    for (const Candidate& c : top_r) x.push_back(std::max(c.value - lse_r, kFeatureLogprobFloor));
+    for (const Candidate& c : top_b) x.push_back(std::max(sb.logprob(c.value), kFeatureLogprobFloor));
+    for (const Candidate& c : top_r) x.push_back(std::max(sr.logprob(c.value), kFeatureLogprobFloor));
     x.push_back(sb.entropy());
     x.push_back(sr.entropy());
     append_embedding_rows(w, top_b, x);

@@ -237,6 +237,41 @@ void test_against_reference() {
   }
 }
 
+// Rows of large logits (|x| near 1e4, where fp32's grid is 1e-3 wide; the spec's alpha
+// tolerance is still 1e-4): the log-prob features must come from x - m, not from
+// x - (m + log d) or a rounded m log2(e), each off by up to 5e-4 there (alpha was off by up
+// to 6.7e-4 here before). The router reads the top-1 base log-prob (about -4.7) through one
+// unsaturated unit, so alpha moves about 1.3x the feature's error. Alpha only: the log-probs
+// of such rows are themselves on a 1e-3 grid.
+void test_large_logits() {
+  const int batch = 3, vocab = 5000;
+  Router router;
+  router.k = 1;
+  router.d = 1;
+  router.hidden = 1;
+  router.alpha_max = 4.0f;
+  router.embed.assign(vocab, 0.0f);
+  router.w1 = {1.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};  // [lp_b top-1, lp_r top-1, H_b, H_r, embeddings]
+  router.b1 = {5.0f};
+  router.w2 = {2.0f};
+  router.b2 = {-0.35f};
+  for (float shift : {1e4f, -7777.7f, 3001.3f, 12345.6f, 0.0f}) {
+    std::vector<float> base = random_rows(batch, vocab, 5), reward = random_rows(batch, vocab, 6);
+    for (int i = 0; i < batch * vocab; ++i) {
+      base[i] += shift;
+      reward[i] += 0.5f * shift;
+    }
+    const Step got = run_kernel(base.data(), reward.data(), taro::DType::kFloat32, batch, vocab, vocab, &router, 0,
+                                0.0f, {}, 1);
+    CHECK(got.rc == 0, "large logits: rc=%d", got.rc);
+    for (int r = 0; r < batch; ++r) {
+      const RowResult want = reference_row(&base[r * vocab], &reward[r * vocab], vocab, &router, 0, 0.0, 0.0);
+      CHECK(std::fabs(got.alpha[r] - want.alpha) < 1e-4, "large logits (shift %g) row %d: alpha %.7f, want %.7f",
+            shift, r, got.alpha[r], want.alpha);
+    }
+  }
+}
+
 // bf16 and fp16 logits holding exactly the values of an fp32 case give identical results,
 // and a bf16 embedding table equals its fp32 copy.
 void test_half_inputs() {
@@ -338,6 +373,7 @@ int main() {
   test_hand_computed();
   test_tie_order_matters();
   test_against_reference();
+  test_large_logits();
   test_half_inputs();
   test_fast_paths_agree();
   test_bad_parameters();
