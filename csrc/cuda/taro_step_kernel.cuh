@@ -303,8 +303,8 @@ __device__ void route_row(const StepParams& p, SharedStorage<KB>& sh, const Work
                           int slices) {
   const int k = p.k;
   const EntropyPair st = merge_entropy_partials(sh, ws.stats, row, slices);
-  const float lse_b = st.b.m + logf(st.b.d), lse_r = st.r.m + logf(st.r.d);
-  if (threadIdx.x == 0) ws.row_lse[row] = make_float2(lse_b, lse_r);  // one value for every CTA of the row
+  const float log_d_b = logf(st.b.d), log_d_r = logf(st.r.d);
+  if (threadIdx.x == 0) ws.row_lse[row] = make_float2(st.b.m + log_d_b, st.r.m + log_d_r);  // for every CTA of the row
 
   // Two lower bounds of each row's K-th key: the largest K-th key of any slice (that slice
   // alone has K keys at least that large) and the K-th largest of the slices' maxima (K
@@ -372,12 +372,15 @@ __device__ void route_row(const StepParams& p, SharedStorage<KB>& sh, const Work
   for (int i = threadIdx.x; i < 2 * k; i += kThreads) {
     const bool reward = i >= k;
     const uint64_t key = (reward ? list_r : list_b)[reward ? i - k : i];
-    const float lp = key ? topk_key_value(key) - (reward ? lse_r : lse_b) : -INFINITY;
+    // (x - m) - log d: x - m is exact near the max, where x - lse would round lse to fp32's grid
+    // at |m| (5e-4 at 1e4; the spec's alpha tolerance is 1e-4).
+    const float m = reward ? st.r.m : st.b.m, log_d = reward ? log_d_r : log_d_b;
+    const float lp = key ? (topk_key_value(key) - m) - log_d : -INFINITY;
     x[i] = fmaxf(lp, kFeatureLogprobFloor);
   }
   if (threadIdx.x == 0) {
-    x[2 * k] = logf(st.b.d) - st.b.t / st.b.d;  // entropies
-    x[2 * k + 1] = logf(st.r.d) - st.r.t / st.r.d;
+    x[2 * k] = log_d_b - st.b.t / st.b.d;  // entropies
+    x[2 * k + 1] = log_d_r - st.r.t / st.r.d;
   }
   const bool bf16_embed = p.router.embed_dtype == DType::kBFloat16;
   for (int i = threadIdx.x; i < 2 * k * d; i += kThreads) {
