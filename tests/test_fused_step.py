@@ -225,6 +225,34 @@ def test_logprobs_only_when_asked(device, backend):
     assert torch.equal(without.alpha, with_lp.alpha)
 
 
+@pytest.mark.parametrize("device,backend", BACKENDS)
+@pytest.mark.parametrize("shift", [1e4, -7777.7, 3001.3])
+def test_router_features_hold_fp32_precision_at_large_logits(device, backend, shift):
+    """Rows moved to |x| ~ 1e4, where fp32's grid is 1e-3 wide: the log-prob features must come
+    from x - max (exact near the max), not from x - (max + log sum) or a rounded max * log2(e), which
+    are off by up to 5e-4 there. The router reads the top-1 base log-prob through one unsaturated
+    unit, so alpha moves about 1.3x its error (the CPU kernel's was 2e-4 to 7e-4 before the fix)."""
+    V = 4096
+    g = torch.Generator().manual_seed(3)
+    base = torch.rand(3, V, generator=g) * 6 - 3
+    reward = torch.rand(3, V, generator=g) * 6 - 3
+    base[:, [V // 3, V // 2]] = 5.0
+    base, reward = (base + shift).to(device), (reward + 0.5 * shift).to(device)
+    router = TopKRouter(V, k=1, embed_dim=1, hidden=1, alpha_max=4.0)
+    with torch.no_grad():
+        for p in router.parameters():
+            p.zero_()
+        router.w1[0, 0] = 1.0  # x = [lp_b top-1, lp_r top-1, H_b, H_r, embeddings]
+        router.b1.fill_(5.0)
+        router.w2.fill_(2.0)
+        router.b2.fill_(-0.35)
+    router = router.to(device)
+    want = taro_step(base, reward, router, backend="torch")
+    got = taro_step(base, reward, router, backend=backend)
+    assert 0.5 < float(want.alpha.min()) and float(want.alpha.max()) < 3.5  # the sigmoid is not saturated
+    torch.testing.assert_close(got.alpha, want.alpha, atol=1e-4, rtol=0)
+
+
 # The fast paths without log-probs (greedy: no exp in the pick; GenARM greedy: one read of both
 # rows, no exp at all), over every case of the sweep (ties at the K-th value, masked rows, bf16,
 # fp16), with rows split across threads (B below the thread count) and whole rows per thread.
