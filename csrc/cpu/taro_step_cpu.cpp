@@ -366,10 +366,11 @@ SoftmaxStats scan_row_slice(const T* row, int64_t lo, int64_t hi, float* block_m
     // the target has FMA, u = x log2(e) - mv in one rounding (GCC and Clang contract a * b - c
     // there): mv, m log2(e) rounded, is off by err, the same for every u, and d and t are
     // corrected for it after the sweep (uncorrected, every log-prob feature was off by up to
-    // 5e-4). Elsewhere x - m first, exact near m (Sterbenz), one instruction more. u is
-    // clamped at -126 (one max, no compare and blend): a logit more than 87 below the max, or -inf, then adds
-    // 2^-126 to d and -126 * 2^-126 to t, which no fp32 sum that holds the max's own 1
-    // can register, and never 0 * -inf = NaN. Two accumulator pairs halve the add chains.
+    // 5e-4). Elsewhere x - m first, exact near m (Sterbenz), one instruction more.
+    // u is clamped at -126 (one max, no compare and blend): a logit more than 87 below the
+    // max, or -inf, then adds 2^-126 to d and -126 * 2^-126 to t, which no fp32 sum that holds
+    // the max's own 1 can register, and never 0 * -inf = NaN. Two accumulator pairs halve the
+    // add chains.
     const float m_log2e = m * kLog2e;
     const VecF mv = splat(kFmaOffset ? m_log2e : m), lowest = splat(kExp2Lowest);
     auto offset = [&mv](VecF x) { return kFmaOffset ? x * kLog2e - mv : (x - mv) * kLog2e; };
