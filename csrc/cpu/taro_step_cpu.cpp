@@ -39,7 +39,7 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__FMA__)
 #include <immintrin.h>
 #endif
 
@@ -221,10 +221,28 @@ TARO_INLINE VecF vexp2_in_range(VecF u) {
 constexpr float kLog2e = 1.44269504088896341f;
 constexpr float kLn2 = 0.69314718055994531f;
 constexpr float kExp2Lowest = -126.0f;  // 2^u below this is 0 (the fp32 result would be denormal)
-#if defined(__FMA__)
-constexpr bool kFmaOffset = true;  // scan_row_slice's u: see there
+
+// scan_row_slice's u = x log2(e) - mv: with one rounding (an explicit FMA, not one the compiler
+// may or may not contract) where the target has FMA; elsewhere (x - m) log2(e), mv = m.
+#if defined(__AVX512F__) || defined(__FMA__)
+constexpr bool kFmaOffset = true;
+TARO_INLINE VecF offset_log2(VecF x, VecF mv) {
+#if defined(__AVX512F__)
+  return reinterpret_cast<VecF>(_mm512_fmsub_ps(reinterpret_cast<__m512>(x), _mm512_set1_ps(kLog2e),
+                                                reinterpret_cast<__m512>(mv)));
+#else
+  __m256 xh[2], mh[2];
+  std::memcpy(xh, &x, sizeof x);
+  std::memcpy(mh, &mv, sizeof mv);
+  for (int h = 0; h < 2; ++h) xh[h] = _mm256_fmsub_ps(xh[h], _mm256_set1_ps(kLog2e), mh[h]);
+  VecF u;
+  std::memcpy(&u, xh, sizeof u);
+  return u;
+#endif
+}
 #else
 constexpr bool kFmaOffset = false;
+TARO_INLINE VecF offset_log2(VecF x, VecF mv) { return (x - mv) * kLog2e; }
 #endif
 
 // exp(x) for x <= 88; 0 for x < -87.3 (2^-126) and for -inf.
@@ -363,17 +381,16 @@ SoftmaxStats scan_row_slice(const T* row, int64_t lo, int64_t hi, float* block_m
   if (m != kNegInf) {
     // In base 2: u = (x - m) log2(e), e = 2^u, t += e u ln 2. u must hold fp32 precision for
     // the x near m that carry the sums, also where |x| is 1e4 and fp32's grid 1e-3 wide. Where
-    // the target has FMA, u = x log2(e) - mv in one rounding (GCC and Clang contract a * b - c
-    // there): mv, m log2(e) rounded, is off by err, the same for every u, and d and t are
-    // corrected for it after the sweep (uncorrected, every log-prob feature was off by up to
-    // 5e-4). Elsewhere x - m first, exact near m (Sterbenz), one instruction more.
+    // the target has FMA, u = x log2(e) - mv in one rounding (offset_log2): mv, m log2(e)
+    // rounded, is off by err, the same for every u, and d and t are corrected for it after
+    // the sweep (uncorrected, every log-prob feature was off by up to 5e-4). Elsewhere x - m
+    // first, exact near m (Sterbenz), one instruction more.
     // u is clamped at -126 (one max, no compare and blend): a logit more than 87 below the
     // max, or -inf, then adds 2^-126 to d and -126 * 2^-126 to t, which no fp32 sum that holds
     // the max's own 1 can register, and never 0 * -inf = NaN. Two accumulator pairs halve the
     // add chains.
     const float m_log2e = m * kLog2e;
     const VecF mv = splat(kFmaOffset ? m_log2e : m), lowest = splat(kExp2Lowest);
-    auto offset = [&mv](VecF x) { return kFmaOffset ? x * kLog2e - mv : (x - mv) * kLog2e; };
     VecF d0 = splat(0.0f), t0 = d0, d1 = d0, t1 = d0;
     for (int64_t j = 0; j < blocks; ++j) {
       const int64_t b = lo + j * kBlock, n = std::min(kBlock, hi - b);
@@ -381,8 +398,8 @@ SoftmaxStats scan_row_slice(const T* row, int64_t lo, int64_t hi, float* block_m
       const T* x = whole_vectors(row + b, n, scratch, padded);
       int64_t i = 0;
       for (; i + 2 * kLanes <= padded; i += 2 * kLanes) {
-        const VecF u0 = vmax(offset(load(x + i)), lowest);
-        const VecF u1 = vmax(offset(load(x + i + kLanes)), lowest);
+        const VecF u0 = vmax(offset_log2(load(x + i), mv), lowest);
+        const VecF u1 = vmax(offset_log2(load(x + i + kLanes), mv), lowest);
         const VecF e0 = vexp2_in_range(u0), e1 = vexp2_in_range(u1);
         d0 += e0;
         t0 += e0 * u0;
@@ -390,7 +407,7 @@ SoftmaxStats scan_row_slice(const T* row, int64_t lo, int64_t hi, float* block_m
         t1 += e1 * u1;
       }
       if (i < padded) {
-        const VecF u0 = vmax(offset(load(x + i)), lowest);
+        const VecF u0 = vmax(offset_log2(load(x + i), mv), lowest);
         const VecF e0 = vexp2_in_range(u0);
         d0 += e0;
         t0 += e0 * u0;
