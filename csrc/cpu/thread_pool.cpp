@@ -3,14 +3,18 @@
 // Why not OpenMP: libgomp's threads spin at barriers and after each parallel region
 // (GOMP_SPINCOUNT), which on a shared 2-core machine turns a 1 ms step into 12 ms as soon
 // as another process holds a core. Here a worker sleeps on a condition variable between
-// jobs; the caller wakes the workers and starts on the items at once, and waits (on a
-// condition variable) only for items that another thread has claimed and not finished.
+// jobs; the caller wakes the workers and starts on the items at once, and waits only for
+// items that another thread has claimed and not finished: for up to kCallerSpin by polling
+// (an item is tens of microseconds, and this VM takes 3-30 us to wake a sleeping thread, so
+// sleeping there cost a B=8 step 43 us on average), then on a condition variable. Idle
+// workers never spin.
 #include "thread_pool.h"
 
 #include <pthread.h>
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
@@ -22,6 +26,17 @@ namespace taro {
 namespace cpu {
 namespace {
 
+// The caller's bound on polling for the items other threads still run (see the top).
+constexpr std::chrono::microseconds kCallerSpin{50};
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
 struct Job {
   void (*body)(void*, int64_t) = nullptr;
   void* ctx = nullptr;
@@ -29,9 +44,10 @@ struct Job {
   std::atomic<int64_t> next{0};  // next unclaimed item
   std::atomic<int64_t> done{0};  // items finished
   std::atomic<int> seats{0};     // workers that may still join
-  std::mutex m;
+  std::mutex m;                  // the last item's notify takes it: no lost wake-up
   std::condition_variable finished;
-  bool all_done = false;
+
+  bool all_done() const { return done.load(std::memory_order_acquire) == n; }
 };
 
 // Claims and runs items until none is left. The body and ctx are touched only for a
@@ -43,7 +59,6 @@ void work(Job& job) {
     job.body(job.ctx, i);
     if (job.done.fetch_add(1, std::memory_order_acq_rel) + 1 == job.n) {
       std::lock_guard<std::mutex> lock(job.m);
-      job.all_done = true;
       job.finished.notify_one();
     }
   }
@@ -71,9 +86,11 @@ class Pool {
     }
     wake_.notify_all();
     work(*job);
-    {
+    const auto spin_until = std::chrono::steady_clock::now() + kCallerSpin;
+    while (!job->all_done() && std::chrono::steady_clock::now() < spin_until) cpu_relax();
+    if (!job->all_done()) {
       std::unique_lock<std::mutex> lock(job->m);
-      job->finished.wait(lock, [&] { return job->all_done; });
+      job->finished.wait(lock, [&] { return job->all_done(); });
     }
     std::lock_guard<std::mutex> lock(m_);
     job_.reset();

@@ -1,4 +1,4 @@
-// A small thread pool for the CPU kernel: work claiming, no spinning, torch-free.
+// A small thread pool for the CPU kernel: work claiming, sleeping workers, torch-free.
 #pragma once
 
 #include <cstdint>
@@ -10,7 +10,8 @@ namespace cpu {
 // included, and returns when every item has run. Items are claimed one at a time from a
 // shared counter, so a worker that wakes late (or is descheduled because another process
 // holds its core) simply takes fewer items, and the caller never waits for a thread that
-// has not claimed one. Idle workers sleep on a condition variable: nothing ever spins.
+// has not claimed one. Idle workers sleep on a condition variable and never spin; the
+// caller polls for at most 50 us for items other threads are running, then sleeps too.
 // A caller that finds the pool busy with another caller's job runs its items itself.
 void parallel_for(int64_t n, int threads, void (*body)(void* ctx, int64_t item), void* ctx);
 
