@@ -24,7 +24,7 @@
 // and fp16 are widened in registers; exp is a Cephes polynomial with the 2^n scale built in
 // the exponent bits.
 //
-// Threads (thread_pool.h: work claiming, sleeping workers, no spin): whole rows per item
+// Threads (thread_pool.h: work claiming, sleeping workers): whole rows per item
 // when the batch spreads over the threads; otherwise rows are cut into chunks of whole
 // blocks, with one parallel_for per pass (pass 1: block maxima and softmax sums; pass 2)
 // and the row's cheap part on the calling thread in between: the top-K of the few blocks
