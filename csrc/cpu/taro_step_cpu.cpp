@@ -9,10 +9,10 @@
 //           read of both rows (a fused multiply-add and an argmax, no exp at all); sampling
 //           and log-probs add one exp per token (of y / T).
 //   TARo:   pass 1 reads both rows once: a running max, sum-exp and entropy term (online
-//           softmax, H = log d - t / d with t = sum e^(x-m) (x-m)), and the top-K of the raw
-//           logits behind a threshold filter (a block whose max is below the running K-th
-//           best costs one compare). Then the router MLP gives alpha, and pass 2 is the same
-//           as GenARM's, from cache for small batches.
+//           softmax, H = log d - t / d with t = sum e^(x-m) (x-m)), and every block's max;
+//           the top-K of the raw logits then scans only the blocks whose max reaches the row's
+//           K-th largest block max (every other block costs one compare). Then the router MLP
+//           gives alpha, and pass 2 is the same as GenARM's, from cache for small batches.
 //
 // Pass 2 keeps, per block of kBlock tokens, the max of z = y / T, its first argmax, and (only
 // when sampling or log-probs need it) sum exp(z - block max). Greedy picks from the block
