@@ -17,7 +17,7 @@ from . import reference
 from .ops import (AUTO_PREFERENCE, BACKEND_TABLE, BACKENDS, NO_ROUTER_ARGS, available_backends, fused_step,
                   router_args)
 from .router import FullLogitsRouter, TopKRouter, _RouterBase
-from .validate import as_float, as_int
+from .validate import as_bool, as_float, as_int
 
 _LOGITS_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -48,8 +48,6 @@ def _pick_backend(backend: str, device: torch.device, design: str) -> str:
 
 def _check_logits(base_logits, reward_logits, vocab_size):
     for name, t in (("base_logits", base_logits), ("reward_logits", reward_logits)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() != 2:
             raise ValueError(f"{name} must be 2-D [B, V], got shape {tuple(t.shape)}")
         if t.dtype not in _LOGITS_DTYPES:
@@ -96,7 +94,22 @@ def _check_sampling(temperature, uniform, batch, device):
         raise ValueError(f"uniform is on {uniform.device}, the logits on {device}")
     if not uniform.is_floating_point():
         raise TypeError(f"uniform must be a floating tensor, got {uniform.dtype}")
-    return uniform.to(torch.float32).contiguous()
+    return uniform
+
+
+def _uniform_fp32(uniform):
+    """``uniform`` in fp32 for the kernels. A float64 value just below 1 rounds up to 1.0 in fp32,
+    outside [0, 1): it becomes the largest fp32 below 1 (after the range check on the caller's
+    own values)."""
+    if uniform is None:
+        return None
+    u = uniform.to(torch.float32)
+    if uniform.dtype == torch.float64:
+        u = u.clamp_max(_BELOW_ONE)
+    return u.contiguous()
+
+
+_BELOW_ONE = 1.0 - 2.0 ** -24
 
 
 def _router_weights(router, vocab_size, device) -> tuple:
@@ -127,7 +140,12 @@ def _router_weights(router, vocab_size, device) -> tuple:
     if cached is None or cached[0] != key:
         _check_router_layout(router, device)
         weights = router.weights()
-        cached = (key, (weights, router_args(weights)))
+        result = (weights, router_args(weights))
+        # A non-contiguous parameter is copied by weights(): a write through its .data (which
+        # keeps _version) would not reach a cached copy, so such a router is not cached.
+        if not all(weights[name].data_ptr() == p.data_ptr() for name, p in router._parameters.items()):
+            return result
+        cached = (key, result)
         _ROUTER_CACHE[router] = cached
     return cached[1]
 
@@ -196,6 +214,11 @@ def _run(base_logits, reward_logits, router, *, temperature, uniform, vocab_size
          return_logprobs, check_inputs, backend, alpha_name="alpha_override") -> StepResult:
     if router is not None and not isinstance(router, _RouterBase):
         raise TypeError(f"router must be a TopKRouter or FullLogitsRouter, got {type(router).__name__}")
+    for name, t in (("base_logits", base_logits), ("reward_logits", reward_logits)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    return_logprobs = as_bool("return_logprobs", return_logprobs)
+    check_inputs = as_bool("check_inputs", check_inputs)
     if vocab_size is None:
         if router is None:
             raise ValueError("router is required unless alpha_override is given (and then vocab_size too)"
@@ -216,10 +239,14 @@ def _run(base_logits, reward_logits, router, *, temperature, uniform, vocab_size
     design = router.design if uses_router else "topk"
     chosen = _pick_backend(backend, device, design)
     if check_inputs:
+        if torch.compiler.is_compiling():
+            raise ValueError("check_inputs=True reads tensor values (a device sync), which torch.compile cannot "
+                             "trace: pass check_inputs=False under torch.compile and CUDA-graph capture")
         mixes = alpha_override is None or alpha_override > 0
         _check_values(base_logits, reward_logits, vocab_size, uniform, mixes)
         if uses_router:
             _check_router_values(router)
+    uniform = _uniform_fp32(uniform)
     if base_logits.dtype != reward_logits.dtype:
         # The kernels read one dtype for both rows; promote both to fp32 (the math is fp32 anyway).
         base_logits, reward_logits = base_logits.float(), reward_logits.float()

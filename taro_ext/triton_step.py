@@ -21,7 +21,8 @@ With the router (TARo):
    for router-sized K), each feature meeting the W1 column of its rank;
    ``alpha_max * sigmoid(w2 . silu(W1 x + b1) + b2)`` in chunks of ``H_BLOCK`` hidden units.
 3. Last program: a pass over the row (from L2 on a GPU) for the normaliser of ``s / T``
-   (``s`` for greedy), ``s = lp_b + alpha * lp_r`` (reward term 0 when alpha == 0), and
+   (``s`` for greedy), ``s = (x_b - m_b) + alpha * (x_r - m_r)`` (the spec's ``lp_b + alpha * lp_r``
+   up to a per-row constant, rounded on the grid of the top scores; reward term 0 when alpha == 0), and
    the running argmax (lowest id on ties); then, for sampling or log-probs, the scan
    pass: per block ``tl.cumsum`` of ``p = exp(s / T - M)`` on top of the running prefix;
    the token is the smallest id with ``p > 0`` whose inclusive prefix sum exceeds
@@ -35,6 +36,10 @@ no per-model normaliser, entropy or top-K is needed: each slice computes the onl
 sum-exp and argmax of ``s / T`` in its one read, and the last program merges them. Greedy
 reads each row once. Sampling rescans only the slice whose CDF range holds ``u * Z``.
 Log-probs, when asked, are written by the last program in one more pass over the row.
+But fp32 rounds ``s / T`` on the grid of its magnitude, and the reference's top scores are
+small: the raw sum (one FMA, then the scale) is within 1.5 units of the last place, 4.6e-5
+at ``|s / T| <= 256`` (``_RAW_SCORE_LIMIT``). A row whose max is larger (logits near 1e4, a
+low T) is done again by the last program relative to its maxima, as TARo's step 3.
 
 Top-K: each value is packed with its id into one int64, ``(ordered_bits(x) << 32) |
 (0x7FFFFFFF - id)``, where ``ordered_bits`` is the order-preserving integer image of the
@@ -70,6 +75,8 @@ _MLP_TILE_ELEMENTS = 4096
 _MERGE_TILE_KEYS = 8192
 # Partials per (row, slice): TARo (m, z, t) per model; GenARM (m, z, argmax) of s / T.
 _STATS = 6
+# GenARM's raw scores are used where their row max is at most this in magnitude (module doc).
+_RAW_SCORE_LIMIT = tl.constexpr(256.0)
 
 
 @triton.jit
@@ -171,13 +178,49 @@ def _list_hidden(w_row, hmask, stride_w1, rank, value, emb, emb_mask, col_v0, co
 
 
 @triton.jit
-def _mixed_score(xb, xr, lse_b, lse_r, alpha, temperature, SAMPLE: tl.constexpr):
-    """``s / T`` (``s`` for greedy), ``s = (x_b - lse_b) + alpha * (x_r - lse_r)``; a zero alpha
-    contributes 0, never 0 * -inf."""
-    s = (xb - lse_b) + tl.where(alpha == 0.0, 0.0, alpha * (xr - lse_r))
+def _mixed_score(xb, xr, c_b, c_r, alpha, temperature, SAMPLE: tl.constexpr):
+    """``s / T`` (``s`` for greedy) with ``s = (x_b - c_b) + alpha * (x_r - c_r)`` (one FMA): the spec's
+    ``lp_b + alpha * lp_r`` up to a per-row constant for any row constants ``c`` (the row maxima, or
+    0 for GenARM's raw scores); a zero alpha contributes 0, never 0 * -inf."""
+    r = tl.where(alpha == 0.0, 0.0, xr - c_r)
+    s = tl.fma(alpha + tl.zeros_like(r), r, xb - c_b)
     if SAMPLE:
         s = s / temperature
     return s
+
+
+@triton.jit
+def _row_maxima(base_row, reward_row, V, alpha, BLOCK_V: tl.constexpr):
+    """The largest logit of each model's row (0 where none is finite, and for the reward model
+    at alpha 0): GenARM's offsets when its raw scores are too large."""
+    offs = tl.arange(0, BLOCK_V)
+    mb = tl.full([BLOCK_V], float("-inf"), tl.float32)
+    mr = tl.full([BLOCK_V], float("-inf"), tl.float32)
+    for start in tl.range(0, V, BLOCK_V, num_stages=3):
+        xb, xr = _load_pair(base_row, reward_row, start + offs, V)
+        mb = tl.maximum(mb, xb)
+        mr = tl.maximum(mr, xr)
+    m_b = tl.max(mb, axis=0)
+    m_r = tl.max(mr, axis=0)
+    return tl.where(m_b == float("-inf"), 0.0, m_b), tl.where((m_r == float("-inf")) | (alpha == 0.0), 0.0, m_r)
+
+
+@triton.jit
+def _row_normaliser(base_row, reward_row, V, c_b, c_r, alpha, temperature, SAMPLE: tl.constexpr,
+                    BLOCK_V: tl.constexpr):
+    """One pass over the row: online max and sum exp of ``s / T`` and its argmax (lowest id on ties)."""
+    offs = tl.arange(0, BLOCK_V)
+    big_m = float("-inf")
+    big_z = 0.0
+    argmax = 0
+    for start in tl.range(0, V, BLOCK_V, num_stages=3):
+        col = start + offs
+        xb, xr = _load_pair(base_row, reward_row, col, V)
+        scaled = _mixed_score(xb, xr, c_b, c_r, alpha, temperature, SAMPLE)
+        blk_max, blk_arg = tl.max(scaled, axis=0, return_indices=True, return_indices_tie_break_left=True)
+        argmax = tl.where(blk_max > big_m, start + blk_arg, argmax)  # strict: earlier ids win ties
+        big_m, big_z, _unused = _online_add(scaled, big_m, big_z, 0.0, False)
+    return big_m, big_z, argmax
 
 
 @triton.jit
@@ -310,58 +353,57 @@ def _taro_step_kernel(
                 hidden = acc * tl.sigmoid(acc)
                 u += tl.sum(tl.where(hmask, hidden * tl.load(w2_ptr + hid, mask=hmask, other=0.0), 0.0), axis=0)
             alpha = alpha_max * tl.sigmoid(u)
-            lse_b = m_b + log_zb
-            lse_r = m_r + log_zr
+            # The mix is relative to the row maxima, not the log-normalisers: s / T then rounds on
+            # the grid of the top scores' own small magnitude (-log V at a flat row: 2e-3 at T = 1e-3).
+            c_b = tl.where(m_b == float("-inf"), 0.0, m_b)
+            c_r = tl.where(m_r == float("-inf"), 0.0, m_r)
 
             # Normaliser of s / T over the row, and the greedy argmax.
-            big_m = float("-inf")
-            big_z = 0.0
-            argmax = 0
-            for start in tl.range(0, V, BLOCK_V, num_stages=3):
-                col = start + offs
-                xb, xr = _load_pair(base_row, reward_row, col, V)
-                scaled = _mixed_score(xb, xr, lse_b, lse_r, alpha, temperature, SAMPLE)
-                blk_max, blk_arg = tl.max(scaled, axis=0, return_indices=True, return_indices_tie_break_left=True)
-                argmax = tl.where(blk_max > big_m, start + blk_arg, argmax)  # strict: earlier ids win ties
-                big_m, big_z, _unused = _online_add(scaled, big_m, big_z, 0.0, False)
+            big_m, big_z, token = _row_normaliser(base_row, reward_row, V, c_b, c_r, alpha, temperature,
+                                                  SAMPLE, BLOCK_V)
             log_big_z = tl.log(big_z)
-            token = argmax
             scan_lo = 0
             scan_hi = V
             prefix = 0.0
         else:
             alpha = alpha_override + tl.zeros([], tl.float32)
-            lse_b = 0.0
-            lse_r = 0.0
+            c_b = tl.zeros([], tl.float32)
+            c_r = tl.zeros([], tl.float32)
             m_j = tl.load(row_stats + 0, mask=jm, other=float("-inf"), cache_modifier=".cg")
             z_j = tl.load(row_stats + 1, mask=jm, other=0.0, cache_modifier=".cg")
             arg_j = tl.load(row_stats + 2, mask=jm, other=0.0, cache_modifier=".cg").to(tl.int32)
             big_m, big_z, _unused = _merge_online(m_j, z_j, 0.0, False)
-            log_big_z = tl.log(big_z)
             # Slices are in id order: the argmax is the first slice's argmax among those
             # reaching the row max (a slice of only -inf has m = -inf and never wins).
             token = tl.min(tl.where(jm & (m_j == big_m), arg_j, V), axis=0)
             token = tl.where(token < V, token, 0)
-            scan_lo = 0
-            scan_hi = V
-            prefix = 0.0
+            scan_lo = tl.zeros([], tl.int32)
+            scan_hi = tl.zeros([], tl.int32) + V
+            prefix = tl.zeros([], tl.float32)
+            rescore = (tl.abs(big_m) > _RAW_SCORE_LIMIT) & (big_m != float("-inf"))
+            if rescore:  # the raw scores are too coarse (module doc): again, relative to the maxima
+                c_b, c_r = _row_maxima(base_row, reward_row, V, alpha, BLOCK_V)
+                big_m, big_z, token = _row_normaliser(base_row, reward_row, V, c_b, c_r, alpha, temperature,
+                                                      SAMPLE, BLOCK_V)
+            log_big_z = tl.log(big_z)
             if SAMPLE:
-                # The slice whose CDF range holds u * Z: the first with weight > 0 whose inclusive
-                # prefix exceeds it, else the last with weight > 0; only that slice is rescanned.
-                m_safe = tl.where(big_m == float("-inf"), 0.0, big_m)
-                weight = tl.where(jm & (z_j > 0.0), z_j * tl.exp(m_j - m_safe), 0.0)
-                big_z = tl.sum(weight, axis=0)  # the same sum the crossing search uses
-                log_big_z = tl.log(big_z)
-                cum = tl.cumsum(weight, axis=0)
-                threshold_s = tl.load(uniform_ptr + row) * big_z
-                hit = tl.min(tl.where((weight > 0.0) & (cum > threshold_s), j, S_PAD), axis=0)
-                last = tl.max(tl.where(weight > 0.0, j, -1), axis=0)
-                crossing = tl.where(hit < S_PAD, hit, tl.maximum(last, 0))
-                if not WRITE_LOGPROBS:
-                    prefix = tl.sum(tl.where(j < crossing, weight, 0.0), axis=0)
-                    scan_lo = crossing * CHUNK
-                    scan_hi = tl.minimum(scan_lo + CHUNK, V)
-                    token = scan_lo  # replaced by the scan below
+                if ~rescore:
+                    # The slice whose CDF range holds u * Z: the first with weight > 0 whose inclusive
+                    # prefix exceeds it, else the last with weight > 0; only that slice is rescanned.
+                    m_safe = tl.where(big_m == float("-inf"), 0.0, big_m)
+                    weight = tl.where(jm & (z_j > 0.0), z_j * tl.exp(m_j - m_safe), 0.0)
+                    big_z = tl.sum(weight, axis=0)  # the same sum the crossing search uses
+                    log_big_z = tl.log(big_z)
+                    cum = tl.cumsum(weight, axis=0)
+                    threshold_s = tl.load(uniform_ptr + row) * big_z
+                    hit = tl.min(tl.where((weight > 0.0) & (cum > threshold_s), j, S_PAD), axis=0)
+                    last = tl.max(tl.where(weight > 0.0, j, -1), axis=0)
+                    crossing = tl.where(hit < S_PAD, hit, tl.maximum(last, 0))
+                    if not WRITE_LOGPROBS:
+                        prefix = tl.sum(tl.where(j < crossing, weight, 0.0), axis=0)
+                        scan_lo = crossing * CHUNK
+                        scan_hi = tl.minimum(scan_lo + CHUNK, V)
+                        token = scan_lo  # replaced by the scan below
         tl.store(alpha_ptr + row, alpha)
 
         # Inverse-CDF scan and/or log-prob rows over [scan_lo, scan_hi).
@@ -376,7 +418,7 @@ def _taro_step_kernel(
                 col = start + offs
                 inside = col < scan_hi
                 xb, xr = _load_pair(base_row, reward_row, col, scan_hi)
-                scaled = _mixed_score(xb, xr, lse_b, lse_r, alpha, temperature, SAMPLE)
+                scaled = _mixed_score(xb, xr, c_b, c_r, alpha, temperature, SAMPLE)
                 if WRITE_LOGPROBS:
                     tl.store(logprobs_ptr + row * stride_lp + col, (scaled - big_m) - log_big_z, mask=inside)
                 if SAMPLE:
@@ -397,7 +439,7 @@ def _taro_step_kernel(
         one = tl.arange(0, 1)
         xb_tok = tl.load(base_row + token + one).to(tl.float32)
         xr_tok = tl.load(reward_row + token + one).to(tl.float32)
-        scaled_tok = tl.sum(_mixed_score(xb_tok, xr_tok, lse_b, lse_r, alpha, temperature, SAMPLE), axis=0)
+        scaled_tok = tl.sum(_mixed_score(xb_tok, xr_tok, c_b, c_r, alpha, temperature, SAMPLE), axis=0)
         tl.store(token_lp_ptr + row, (scaled_tok - big_m) - log_big_z)
 
 

@@ -28,6 +28,14 @@ def as_int(name: str, value, *, minimum: Optional[int] = None, maximum: Optional
     return value
 
 
+def as_bool(name: str, value) -> bool:
+    """``value`` as a ``bool``: Python or NumPy booleans only (``"no"`` or ``1`` would read as a flag
+    set by accident)."""
+    if not _is_bool(value):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
+
+
 def as_float(name: str, value, *, minimum: Optional[float] = None, maximum: Optional[float] = None,
              above: Optional[float] = None) -> float:
     """``value`` as a finite ``float`` with ``minimum <= value <= maximum`` and ``value > above``."""

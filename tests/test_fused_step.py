@@ -253,6 +253,98 @@ def test_router_features_hold_fp32_precision_at_large_logits(device, backend, sh
     torch.testing.assert_close(got.alpha, want.alpha, atol=1e-4, rtol=0)
 
 
+# (logit shift, spread, temperature): logits near 1e4 (fp32's grid 1e-3 there), logits near 30
+# sampled at T = 1e-3 (s / T near 3e4 from raw sums), and a negative shift at a low T.
+SCORE_PRECISION_ROWS = [(1e4, 3.0, 0.0), (1e4, 3.0, 1.0), (30.0, 0.005, 1e-3), (-3e3, 0.3, 0.05)]
+
+
+def float64_pick(base, reward, vocab, alpha, temperature, uniform):
+    """The step in float64 at a given alpha: (tokens, margins, log-probs), margins as in
+    ``reference_margins`` (greedy: top-2 gap of s; sampling: distance of u * sum(p) from a boundary)."""
+    lp_b = torch.log_softmax(base[:, :vocab].double(), -1)
+    lp_r = torch.log_softmax(reward[:, :vocab].double(), -1)
+    s = lp_b + alpha.double()[:, None] * lp_r
+    z = s / temperature if temperature > 0 else s
+    logprobs = torch.log_softmax(z, -1)
+    if temperature == 0:
+        top2 = z.topk(2, dim=-1).values
+        return z.argmax(-1), top2[:, 0] - top2[:, 1], logprobs
+    cdf = torch.cumsum(logprobs.exp(), -1)
+    threshold = uniform.double()[:, None] * cdf[:, -1:]
+    tokens = torch.argmax((cdf > threshold).int(), dim=-1)
+    return tokens, (cdf - threshold).abs()[:, :-1].min(-1).values, logprobs
+
+
+@pytest.mark.parametrize("device,backend", BACKENDS)
+@pytest.mark.parametrize("alpha_override", [None, 1.5], ids=["taro", "genarm"])
+@pytest.mark.parametrize("shift,spread,temperature", SCORE_PRECISION_ROWS)
+def test_mixed_score_holds_fp32_precision(device, backend, alpha_override, shift, spread, temperature):
+    """The pick and the log-probs come from z = s / T, which fp32 rounds on the grid of |z|. Mixing
+    raw logits (x_b + alpha x_r, an algebraically equal shift of s) put z near 2e4 or 6e4 for these
+    rows, where greedy tokens flipped at margins of 1e-3 and log-probs were off by up to 4e-3 (CPU;
+    Triton's GenARM). Held to the step in float64 at the backend's own alpha (the fp32 reference is
+    itself off by ulp(|s|) / T: 2e-3 at T = 1e-3 and V = 2048): tokens above the spec's margin,
+    log-probs within 1e-4 where they are above -30."""
+    batch = INTERPRETER_MAX_BATCH if backend == "triton" and device == "cpu" else 16
+    V = 2048
+    g = torch.Generator().manual_seed(11)
+    base = (torch.randn(batch, V, generator=g) * spread + shift).to(device)
+    reward = (torch.randn(batch, V, generator=g) * spread + 0.5 * shift).to(device)
+    uniform = torch.rand(batch, generator=g).to(device) if temperature > 0 else None
+    router = None
+    if alpha_override is None:
+        router = seeded_router(4, V, k=4, alpha_max=3.0).to(device)
+    kwargs = dict(temperature=temperature, uniform=uniform, vocab_size=V, alpha_override=alpha_override,
+                  return_logprobs=True)
+    want = taro_step(base, reward, router, backend="torch", **kwargs)
+    got = taro_step(base, reward, router, backend=backend, **kwargs)
+    torch.testing.assert_close(got.alpha, want.alpha, atol=1e-4, rtol=0)
+    tokens, margins, logprobs = float64_pick(base, reward, V, got.alpha, temperature, uniform)
+    decided = margins >= TOKEN_MARGIN
+    assert int(decided.sum()) >= batch // 2, margins
+    assert torch.equal(got.tokens[decided], tokens[decided]), (got.tokens, tokens, margins)
+    near = logprobs > -30.0
+    torch.testing.assert_close(got.logprobs[near].double(), logprobs[near], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("device,backend", BACKENDS)
+@pytest.mark.parametrize("top", [3.2e9, 5e9, -5e9])
+def test_huge_finite_logits_give_the_reference_alpha(device, backend, top):
+    """At |max| near 5e9 the CPU kernel's exp sweep shift (max * log2(e), rounded on a grid of 512)
+    overflowed 2^err: alpha was NaN and the reward model lost to rounding against the base."""
+    base = torch.tensor([[top, 0.0, 1.0, 2.0], [top, top, 0.0, -1.0]]).to(device)
+    reward = torch.tensor([[0.0, 0.0, 3.0, 0.0], [0.0, 5.0, 1.0, 2.0]]).to(device)
+    # K = 1: further down the lists, logits 0, 1 and 2 all round to the log-prob -5e9 (README,
+    # "Spec choices" 6: the reference then ranks by id, the kernels by logit).
+    router = seeded_router(2, 4, k=1, embed_dim=2, hidden=3).to(device)
+    want = taro_step(base, reward, router, backend="torch", return_logprobs=True)
+    got = taro_step(base, reward, router, backend=backend, return_logprobs=True)
+    torch.testing.assert_close(got.alpha, want.alpha, atol=1e-4, rtol=0)
+    assert got.tokens.tolist() == want.tokens.tolist()
+    near = want.logprobs > -30.0  # further out both round on fp32's grid at 5e9 (512)
+    torch.testing.assert_close(got.logprobs[near], want.logprobs[near], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("device,backend", BACKENDS)
+def test_fp16_subnormals_survive_flush_to_zero(device, backend):
+    """fp16 logits below 6.1e-5 are subnormal halves but normal floats: widening them must not pass
+    through an fp32 denormal, which a thread with flush-to-zero (torch.set_flush_denormal) reads as 0."""
+    base = torch.zeros(1, 64, dtype=torch.float16)
+    base[0, 1] = 3e-6
+    base[0, 7] = -2e-7
+    base, reward = base.to(device), torch.zeros(1, 64, dtype=torch.float16, device=device)
+    router = seeded_router(1, 64, k=1).to(device)
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush denormals")
+    try:
+        got = taro_step(base, reward, router, backend=backend)
+    finally:
+        torch.set_flush_denormal(False)
+    want = taro_step(base, reward, router, backend="torch")
+    assert got.tokens.tolist() == want.tokens.tolist() == [1]
+    torch.testing.assert_close(got.alpha, want.alpha, atol=2e-3, rtol=0)
+
+
 # The fast paths without log-probs (greedy: no exp in the pick; GenARM greedy: one read of both
 # rows, no exp at all), over every case of the sweep (ties at the K-th value, masked rows, bf16,
 # fp16), with rows split across threads (B below the thread count) and whole rows per thread.

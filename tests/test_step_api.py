@@ -83,6 +83,9 @@ BAD_INPUTS = [
     ("bad backend", dict(backend="tpu"), ValueError, "backend"),
     ("negative alpha_override", dict(alpha_override=-1.0), ValueError, "alpha_override"),
     ("string alpha_override", dict(alpha_override="1"), TypeError, "alpha_override"),
+    ("string return_logprobs", dict(return_logprobs="no"), TypeError, "return_logprobs"),
+    ("int return_logprobs", dict(return_logprobs=1), TypeError, "return_logprobs"),
+    ("None check_inputs", dict(check_inputs=None), TypeError, "check_inputs"),
 ]
 
 
@@ -316,6 +319,43 @@ def test_the_checked_router_weights_follow_every_change_of_the_router(router):
     for be in backends:
         torch.testing.assert_close(taro_ext.taro_step(b, r, frozen, backend=be).alpha,
                                    taro_ext.taro_step(b, r, frozen, backend="torch").alpha, atol=1e-4, rtol=0)
+
+
+def test_genarm_step_names_the_logits_that_are_not_tensors():
+    with pytest.raises(TypeError, match="base_logits must be a torch.Tensor"):
+        taro_ext.genarm_step([[0.0] * V] * 2, logits(), 1.0)
+
+
+def test_float64_uniform_just_below_one_is_in_range(router):
+    # 1 - 1e-12 is in [0, 1) but rounds to 1.0 in fp32: the step takes it as the largest fp32 below 1
+    # (the last token with positive probability), the same as the reference.
+    b, r = logits(), logits()
+    u = torch.tensor([1.0 - 1e-12, 0.5], dtype=torch.float64)
+    want = taro_ext.taro_step(b, r, router, temperature=1.0, uniform=u.float().clamp_max(1 - 2**-24), backend="torch")
+    for backend in _backends_here():
+        got = taro_ext.taro_step(b, r, router, temperature=1.0, uniform=u, backend=backend)
+        assert got.tokens.tolist() == want.tokens.tolist(), backend
+
+
+def test_value_checks_under_torch_compile_fullgraph_say_what_to_do():
+    def step(b, r):
+        return taro_ext.genarm_step(b, r, 1.0).tokens
+
+    with pytest.raises(Exception, match="check_inputs=False"):
+        torch.compile(step, fullgraph=True)(logits(), logits())
+
+
+def test_router_weights_copied_for_the_kernels_follow_writes_through_data(router):
+    # A non-contiguous parameter is copied by router.weights(); a write through .data keeps the
+    # parameter's _version, so such a router's weights must not be cached between steps.
+    b, r = logits(3), logits(3)
+    with torch.no_grad():
+        router.w1.data = router.w1.data.t().contiguous().t()
+    for backend in _backends_here():
+        taro_ext.taro_step(b, r, router, backend=backend)
+        router.w1.data.mul_(0.5)
+        torch.testing.assert_close(taro_ext.taro_step(b, r, router, backend=backend).alpha, router(b, r).detach(),
+                                   atol=1e-4, rtol=0)
 
 
 def test_bad_alpha_max_is_an_error_even_without_value_checks(router):

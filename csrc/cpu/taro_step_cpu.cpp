@@ -1,20 +1,22 @@
 // The fused TARo decode step on the CPU (../../shared/TARO_SPEC.md), torch-free.
 //
-// Algebra first. With y = x_b + alpha x_r (raw logits), the mixed score is
-// s = lp_b + alpha lp_r = y - (lse_b + alpha lse_r): the log-normalisers are per-row
-// constants, so the pick (argmax, or sampling from softmax(s / T)) and the output log-probs
-// depend on y / T alone. Hence:
+// Algebra first. For any per-row constants c_b, c_r the mixed score is
+// s = lp_b + alpha lp_r = (x_b - c_b) + alpha (x_r - c_r) - const: the log-normalisers are
+// per-row constants, so the pick (argmax, or sampling from softmax(s / T)) and the output
+// log-probs depend on z = ((x_b - c_b) + alpha (x_r - c_r)) / T alone (`mix`; c: the row maxima,
+// which TARo has from pass 1, or 0 for GenARM where z stays small enough). Hence:
 //
 //   GenARM (alpha given): no pass over either row on its own. Greedy without log-probs is one
 //           read of both rows (a fused multiply-add and an argmax, no exp at all); sampling
-//           and log-probs add one exp per token (of y / T).
+//           and log-probs add one exp per token (of z). A row whose max z is large (kRawScoreLimit)
+//           is mixed again with its maxima as c.
 //   TARo:   pass 1 reads both rows once: a running max, sum-exp and entropy term (online
 //           softmax, H = log d - t / d with t = sum e^(x-m) (x-m)), and every block's max;
 //           the top-K of the raw logits then scans only the blocks whose max reaches the row's
 //           K-th largest block max (every other block costs one compare). Then the router MLP
 //           gives alpha, and pass 2 is the same as GenARM's, from cache for small batches.
 //
-// Pass 2 keeps, per block of kBlock tokens, the max of z = y / T, its first argmax, and (only
+// Pass 2 keeps, per block of kBlock tokens, the max of z, its first argmax, and (only
 // when sampling or log-probs need it) sum exp(z - block max). Greedy picks from the block
 // maxima; sampling walks the block masses in id order and rescans only the block where
 // u * total is crossed; log-probs (only when asked) are z - logsumexp(z).
@@ -86,13 +88,18 @@ TARO_INLINE VecU zero_extend(VecH h) {
 
 TARO_INLINE VecF widen(VecH h, Bf16*) { return (VecF)(zero_extend(h) << 16); }
 
-// IEEE half -> float without branches: place exponent and mantissa in the low float bits and
-// rescale by 2^112 (normal and subnormal halves); inf/NaN: force the exponent to all ones.
+// IEEE half -> float without branches and without a denormal intermediate (a thread with
+// flush-to-zero / denormals-are-zero set, e.g. torch.set_flush_denormal(True), would read one as
+// 0): normal halves by rebiasing the exponent (+112); subnormal halves, m 2^-24, as the normal
+// float 2^-14 (1 + m / 1024) less 2^-14, exact; inf/NaN: force the exponent to all ones.
 TARO_INLINE VecF widen(VecH h, Fp16*) {
   const VecU u = zero_extend(h);
   const VecU sign = (u & 0x8000u) << 16;
   const VecU magnitude = u & 0x7fffu;
-  VecU bits = (VecU)((VecF)(magnitude << 13) * 0x1p112f);
+  const VecU shifted = magnitude << 13;
+  const VecU normal = shifted + (112u << 23);
+  const VecU subnormal = (VecU)((VecF)(shifted + (113u << 23)) - 0x1p-14f);
+  VecU bits = magnitude < 0x0400u ? subnormal : normal;
   bits |= (VecU)(magnitude >= 0x7c00u) & 0x7f800000u;
   return (VecF)(bits | sign);
 }
@@ -222,28 +229,31 @@ constexpr float kLog2e = 1.44269504088896341f;
 constexpr float kLn2 = 0.69314718055994531f;
 constexpr float kExp2Lowest = -126.0f;  // 2^u below this is 0 (the fp32 result would be denormal)
 
-// scan_row_slice's u = x log2(e) - mv: with one rounding (an explicit FMA, not one the compiler
-// may or may not contract) where the target has FMA; elsewhere (x - m) log2(e), mv = m.
+// scan_row_slice's u = x log2(e) - mv. kFma: one rounding, an explicit FMA (not one the compiler
+// may or may not contract), mv = m log2(e) rounded; otherwise (x - m) log2(e), mv = m.
 #if defined(__AVX512F__) || defined(__FMA__)
-constexpr bool kFmaOffset = true;
+constexpr bool kHasFma = true;
+#else
+constexpr bool kHasFma = false;
+#endif
+template <bool kFma>
 TARO_INLINE VecF offset_log2(VecF x, VecF mv) {
+  if constexpr (kFma) {
 #if defined(__AVX512F__)
-  return reinterpret_cast<VecF>(_mm512_fmsub_ps(reinterpret_cast<__m512>(x), _mm512_set1_ps(kLog2e),
-                                                reinterpret_cast<__m512>(mv)));
-#else
-  __m256 xh[2], mh[2];
-  std::memcpy(xh, &x, sizeof x);
-  std::memcpy(mh, &mv, sizeof mv);
-  for (int h = 0; h < 2; ++h) xh[h] = _mm256_fmsub_ps(xh[h], _mm256_set1_ps(kLog2e), mh[h]);
-  VecF u;
-  std::memcpy(&u, xh, sizeof u);
-  return u;
+    return reinterpret_cast<VecF>(_mm512_fmsub_ps(reinterpret_cast<__m512>(x), _mm512_set1_ps(kLog2e),
+                                                  reinterpret_cast<__m512>(mv)));
+#elif defined(__FMA__)
+    __m256 xh[2], mh[2];
+    std::memcpy(xh, &x, sizeof x);
+    std::memcpy(mh, &mv, sizeof mv);
+    for (int h = 0; h < 2; ++h) xh[h] = _mm256_fmsub_ps(xh[h], _mm256_set1_ps(kLog2e), mh[h]);
+    VecF u;
+    std::memcpy(&u, xh, sizeof u);
+    return u;
 #endif
+  }
+  return (x - mv) * kLog2e;
 }
-#else
-constexpr bool kFmaOffset = false;
-TARO_INLINE VecF offset_log2(VecF x, VecF mv) { return (x - mv) * kLog2e; }
-#endif
 
 // exp(x) for x <= 88; 0 for x < -87.3 (2^-126) and for -inf.
 TARO_INLINE VecF vexp(VecF x) {
@@ -361,10 +371,43 @@ class TopKCollector {
   float threshold_ = kNegInf;
 };
 
+// Sums 2^u and 2^u u over the logits [lo, hi) of a row, u = offset_log2<kFma>(x, mv) clamped at
+// -126 (one max, no compare and blend): a logit more than 87 below the max, or -inf, then adds
+// 2^-126 to d and -126 * 2^-126 to t, which no fp32 sum that holds the max's own 1 can
+// register, and never 0 * -inf = NaN. Two accumulator pairs halve the add chains.
+template <bool kFma, typename T>
+std::pair<float, float> exp_sums(const T* row, int64_t lo, int64_t hi, float mv_scalar) {
+  alignas(64) T scratch[kBlock];
+  const VecF mv = splat(mv_scalar), lowest = splat(kExp2Lowest);
+  VecF d0 = splat(0.0f), t0 = d0, d1 = d0, t1 = d0;
+  for (int64_t b = lo; b < hi; b += kBlock) {
+    const int64_t n = std::min(kBlock, hi - b);
+    int64_t padded;
+    const T* x = whole_vectors(row + b, n, scratch, padded);
+    int64_t i = 0;
+    for (; i + 2 * kLanes <= padded; i += 2 * kLanes) {
+      const VecF u0 = vmax(offset_log2<kFma>(load(x + i), mv), lowest);
+      const VecF u1 = vmax(offset_log2<kFma>(load(x + i + kLanes), mv), lowest);
+      const VecF e0 = vexp2_in_range(u0), e1 = vexp2_in_range(u1);
+      d0 += e0;
+      t0 += e0 * u0;
+      d1 += e1;
+      t1 += e1 * u1;
+    }
+    if (i < padded) {
+      const VecF u0 = vmax(offset_log2<kFma>(load(x + i), mv), lowest);
+      const VecF e0 = vexp2_in_range(u0);
+      d0 += e0;
+      t0 += e0 * u0;
+    }
+  }
+  return {hsum(d0 + d1), hsum(t0 + t1)};
+}
+
 // Pass 1 over logits [lo, hi) of one row, in two sweeps of its blocks (the second from L2):
 //   1. the max of every block, into block_max (the slice's first block first), hence the
 //      slice's max m (the softmax needs no running rescale);
-//   2. one exp per logit for the online-softmax sums.
+//   2. one exp per logit for the online-softmax sums (exp_sums).
 template <typename T>
 SoftmaxStats scan_row_slice(const T* row, int64_t lo, int64_t hi, float* block_max) {
   alignas(64) T scratch[kBlock];
@@ -377,49 +420,22 @@ SoftmaxStats scan_row_slice(const T* row, int64_t lo, int64_t hi, float* block_m
     block_max[j] = max_of(x, padded);
     m = std::max(m, block_max[j]);
   }
-  float d = 0.0f, t = 0.0f;
-  if (m != kNegInf) {
-    // In base 2: u = (x - m) log2(e), e = 2^u, t += e u ln 2. u must hold fp32 precision for
-    // the x near m that carry the sums, also where |x| is 1e4 and fp32's grid 1e-3 wide. Where
-    // the target has FMA, u = x log2(e) - mv in one rounding (offset_log2): mv, m log2(e)
-    // rounded, is off by err, the same for every u, and d and t are corrected for it after
-    // the sweep (uncorrected, every log-prob feature was off by up to 5e-4). Elsewhere x - m
-    // first, exact near m (Sterbenz), one instruction more.
-    // u is clamped at -126 (one max, no compare and blend): a logit more than 87 below the
-    // max, or -inf, then adds 2^-126 to d and -126 * 2^-126 to t, which no fp32 sum that holds
-    // the max's own 1 can register, and never 0 * -inf = NaN. Two accumulator pairs halve the
-    // add chains.
-    const float m_log2e = m * kLog2e;
-    const VecF mv = splat(kFmaOffset ? m_log2e : m), lowest = splat(kExp2Lowest);
-    VecF d0 = splat(0.0f), t0 = d0, d1 = d0, t1 = d0;
-    for (int64_t j = 0; j < blocks; ++j) {
-      const int64_t b = lo + j * kBlock, n = std::min(kBlock, hi - b);
-      int64_t padded;
-      const T* x = whole_vectors(row + b, n, scratch, padded);
-      int64_t i = 0;
-      for (; i + 2 * kLanes <= padded; i += 2 * kLanes) {
-        const VecF u0 = vmax(offset_log2(load(x + i), mv), lowest);
-        const VecF u1 = vmax(offset_log2(load(x + i + kLanes), mv), lowest);
-        const VecF e0 = vexp2_in_range(u0), e1 = vexp2_in_range(u1);
-        d0 += e0;
-        t0 += e0 * u0;
-        d1 += e1;
-        t1 += e1 * u1;
-      }
-      if (i < padded) {
-        const VecF u0 = vmax(offset_log2(load(x + i), mv), lowest);
-        const VecF e0 = vexp2_in_range(u0);
-        d0 += e0;
-        t0 += e0 * u0;
-      }
-    }
-    // Each u was (x - m) log2(e) + err: d and the sum of e u scaled back by 2^-err.
-    const float err = kFmaOffset ? std::fma(m, kLog2e, -m_log2e) : 0.0f;
-    const float back = std::exp2(-err);
-    d = hsum(d0 + d1) * back;
-    t = (hsum(t0 + t1) * back - err * d) * kLn2;
-  }
-  return {m, d, t};
+  if (m == kNegInf) return {m, 0.0f, 0.0f};
+  // In base 2: u = (x - m) log2(e), e = 2^u, t += e u ln 2. u must hold fp32 precision for
+  // the x near m that carry the sums, also where |x| is 1e4 and fp32's grid 1e-3 wide. Where
+  // the target has FMA, u = x log2(e) - mv in one rounding: mv, m log2(e) rounded, is off by
+  // err, the same for every u, and d and t are corrected for it after the sweep (uncorrected,
+  // every log-prob feature was off by up to 5e-4). Where |m log2(e)| >= 2^22, err could reach
+  // 2^-1 and beyond (2^8 at 5e9, where 2^err overflowed: alpha was NaN), and elsewhere than FMA
+  // targets: x - m first, exact near m (Sterbenz), one instruction more.
+  const float m_log2e = m * kLog2e;
+  const bool fma = kHasFma && std::fabs(m_log2e) < 0x1p22f;
+  const float err = fma ? std::fma(m, kLog2e, -m_log2e) : 0.0f;
+  const auto [de, te] = fma ? exp_sums<true>(row, lo, hi, m_log2e) : exp_sums<false>(row, lo, hi, m);
+  // Each u was (x - m) log2(e) + err: d and the sum of e u scaled back by 2^-err.
+  const float back = std::exp2(-err);
+  const float d = de * back;
+  return {m, d, (te * back - err * d) * kLn2};
 }
 
 // The row's top-K (sorted) from its block maxima: the K-th largest block max is at most the
@@ -448,14 +464,52 @@ std::vector<Candidate> row_topk(const T* row, int64_t vocab, const float* block_
   return std::move(topk.finish());
 }
 
-// z = (x_b + alpha x_r) * inv_t for kLanes tokens. The reward term is 0 when alpha == 0
-// (spec choice: 0 * -inf is not NaN). One function for every pass, so all see the same values.
-template <typename T>
-TARO_INLINE VecF mixed(const T* xb, const T* xr, float alpha, float inv_t) {
-  const VecF b = load(xb);
-  if (alpha == 0.0f) return b * inv_t;
-  return (b + alpha * load(xr)) * inv_t;
+// a * b + c in one rounding where the target has FMA (explicit, so every pass rounds alike).
+TARO_INLINE VecF fmadd(VecF a, VecF b, VecF c) {
+#if defined(__AVX512F__)
+  return reinterpret_cast<VecF>(_mm512_fmadd_ps(reinterpret_cast<__m512>(a), reinterpret_cast<__m512>(b),
+                                                reinterpret_cast<__m512>(c)));
+#elif defined(__FMA__)
+  __m256 ah[2], bh[2], ch[2];
+  std::memcpy(ah, &a, sizeof a);
+  std::memcpy(bh, &b, sizeof b);
+  std::memcpy(ch, &c, sizeof c);
+  for (int h = 0; h < 2; ++h) ah[h] = _mm256_fmadd_ps(ah[h], bh[h], ch[h]);
+  VecF r;
+  std::memcpy(&r, ah, sizeof r);
+  return r;
+#else
+  return a * b + c;
+#endif
 }
+
+// Per-row constants subtracted from the logits before the mix: z = ((x_b - c_b) + alpha (x_r -
+// c_r)) / T. Any constants give the same token and log-probs in exact arithmetic (they shift z by
+// a per-row constant), but fp32 rounds z on the grid of |z|: for the tokens near the top, z must
+// be small, as the reference's s = lp_b + alpha lp_r is, or at logits near 1e4, or at a low T
+// (s / T at T = 1e-3 from logits near 30), the grid is 1e-3 wide and greedy tokens, samples and
+// log-probs moved off the reference.
+struct Offsets {
+  float b = 0.0f, r = 0.0f;
+};
+
+// z for kLanes tokens. The reward term is 0 when alpha == 0 (spec choice: 0 * -inf is not
+// NaN). One function for every pass and for single tokens, so all see the same values.
+TARO_INLINE VecF mix(VecF xb, VecF xr, float alpha, Offsets c, float inv_t) {
+  // Loop-invariant branches (unswitched out of the callers' loops): x - 0 is x, so skipping the
+  // subtractions for GenARM's raw scores changes no value, and saves a GenARM greedy pass two of
+  // its five vector operations per load pair.
+  if (c.b == 0.0f && c.r == 0.0f) return (alpha == 0.0f ? xb : fmadd(splat(alpha), xr, xb)) * inv_t;
+  const VecF b = xb - c.b;
+  if (alpha == 0.0f) return b * inv_t;
+  return fmadd(splat(alpha), xr - c.r, b) * inv_t;
+}
+
+// GenARM rows first mix the raw logits (c = 0: one read, no pass for the maxima) where the target
+// has FMA: each z then rounds once before the 1 / T scale, so a token's z is within 1.5 units of
+// fp32's last place at |z|, 4.6e-5 at |z| <= 256, inside the spec's 1e-4. A row whose max z is
+// larger is mixed again with its row maxima as c.
+constexpr float kRawScoreLimit = 256.0f;
 
 // Per-block results of pass 2 (the argmax is not tracked there: a compare-and-blend chain
 // per vector would cost more than the whole pass; the greedy pick rescans one block).
@@ -521,6 +575,7 @@ class StepRunner {
     const bool whole_rows = threads_ == 1 || batch_ % threads_ == 0 || batch_ >= 4 * threads_;
     chunks_ = whole_rows ? 1 : (blocks_ + kChunkBlocks - 1) / kChunkBlocks;
     alpha_.assign(batch_, p.alpha_override);
+    offsets_.resize(batch_);
     scores_.resize(batch_ * blocks_);
     if (router_) {
       part_b_.resize(batch_ * chunks_);
@@ -538,8 +593,14 @@ class StepRunner {
         if (router_) {
           pass1(row);
           merge_row(row);
+        } else if (!kHasFma) {
+          use_row_maxima(row);
         }
         pass2(row);
+        if (rescore(row)) {
+          use_row_maxima(row);
+          pass2(row);
+        }
         pick_row(row);
         if (p_.logprobs != nullptr) write_logprobs(row);
       };
@@ -550,9 +611,16 @@ class StepRunner {
       auto pass1_item = [this](int64_t item) { pass1(item); };
       cpu::parallel_for(items, threads_, pass1_item);
       for (int64_t row = 0; row < batch_; ++row) merge_row(row);
+    } else if (!kHasFma) {
+      for (int64_t row = 0; row < batch_; ++row) use_row_maxima(row);
     }
     auto pass2_item = [this](int64_t item) { pass2(item); };
     cpu::parallel_for(items, threads_, pass2_item);
+    for (int64_t row = 0; row < batch_; ++row) {
+      if (!rescore(row)) continue;  // rare (kRawScoreLimit): on the calling thread
+      use_row_maxima(row);
+      for (int64_t c = 0; c < chunks_; ++c) pass2(row * chunks_ + c);
+    }
     for (int64_t row = 0; row < batch_; ++row) pick_row(row);
     if (p_.logprobs != nullptr) {
       auto logprobs_item = [this](int64_t item) { write_logprobs(item); };
@@ -584,14 +652,40 @@ class StepRunner {
     int64_t padded;
     const T* xb = whole_vectors(base_row(row) + lo, n, scratch_b, padded);
     const T* xr = a != 0.0f ? whole_vectors(reward_row(row) + lo, n, scratch_r, padded) : xb;
-    for (int64_t i = 0; i < padded; i += kLanes) each(i, mixed(xb + i, xr + i, a, inv_t_));
+    const Offsets c = offsets_[row];
+    for (int64_t i = 0; i < padded; i += kLanes) each(i, mix(load(xb + i), load(xr + i), a, c, inv_t_));
     return padded;
   }
 
-  // z of one token (the same arithmetic as `mixed`).
+  // z of one token (the same arithmetic as `mix` over a vector).
   float mixed_one(int64_t row, int64_t id) const {
-    const float a = alpha_[row], b = to_float(base_row(row)[id]);
-    return (a == 0.0f ? b : b + a * to_float(reward_row(row)[id])) * inv_t_;
+    const float a = alpha_[row];
+    const float r = a != 0.0f ? to_float(reward_row(row)[id]) : 0.0f;
+    return mix(splat(to_float(base_row(row)[id])), splat(r), a, offsets_[row], inv_t_)[0];
+  }
+
+  // The largest logit of a row, 0 if none is finite (the offset of a row with nothing to pick).
+  float max_logit(const T* row) const {
+    alignas(64) T scratch[kBlock];
+    float m = kNegInf;
+    for (int64_t b = 0; b < vocab_; b += kBlock) {
+      int64_t padded;
+      const T* x = whole_vectors(row + b, std::min(kBlock, vocab_ - b), scratch, padded);
+      m = std::max(m, max_of(x, padded));
+    }
+    return m != kNegInf ? m : 0.0f;
+  }
+
+  // A GenARM row's offsets: its maxima (a read of both rows, from cache after pass 2).
+  void use_row_maxima(int64_t row) {
+    offsets_[row] = {max_logit(base_row(row)), alpha_[row] != 0.0f ? max_logit(reward_row(row)) : 0.0f};
+  }
+
+  // True when a GenARM row mixed with c = 0 must be mixed again with its maxima (kRawScoreLimit).
+  bool rescore(int64_t row) const {
+    if (router_ || !kHasFma) return false;
+    const float zmax = row_max(row);
+    return zmax != kNegInf && !(std::fabs(zmax) <= kRawScoreLimit);
   }
 
   void pass1(int64_t item) {
@@ -623,6 +717,7 @@ class StepRunner {
     append_embedding_rows(w, top_b, x);
     append_embedding_rows(w, top_r, x);
     alpha_[row] = router_alpha(w, x);
+    offsets_[row] = {sb.m != kNegInf ? sb.m : 0.0f, sr.m != kNegInf ? sr.m : 0.0f};
   }
 
   // Per block of the item: max of z and (needs_mass_) sum exp(z - max). Four max chains
@@ -633,6 +728,7 @@ class StepRunner {
     alignas(64) T scratch_b[kBlock];
     alignas(64) T scratch_r[kBlock];
     const float a = alpha_[s.row];
+    const Offsets off = offsets_[s.row];
     for (int64_t lo = s.lo; lo < s.hi; lo += kBlock) {
       const int64_t n = std::min(kBlock, s.hi - lo);
       int64_t padded;
@@ -642,13 +738,13 @@ class StepRunner {
       int64_t i = 0;
       for (; i + 4 * kLanes <= padded; i += 4 * kLanes) {
         for (int c = 0; c < 4; ++c) {
-          const VecF v = mixed(xb + i + c * kLanes, xr + i + c * kLanes, a, inv_t_);
+          const VecF v = mix(load(xb + i + c * kLanes), load(xr + i + c * kLanes), a, off, inv_t_);
           if (needs_mass_) std::memcpy(z + i + c * kLanes, &v, sizeof v);
           m[c] = vmax(m[c], v);
         }
       }
       for (; i < padded; i += kLanes) {
-        const VecF v = mixed(xb + i, xr + i, a, inv_t_);
+        const VecF v = mix(load(xb + i), load(xr + i), a, off, inv_t_);
         if (needs_mass_) std::memcpy(z + i, &v, sizeof v);
         m[0] = vmax(m[0], v);
       }
@@ -778,6 +874,7 @@ class StepRunner {
   int threads_ = 1;
   int64_t chunks_ = 1;
   std::vector<float> alpha_;                   // [B]
+  std::vector<Offsets> offsets_;               // [B] the c of `mix`: row maxima, or 0 (GenARM)
   std::vector<SoftmaxStats> part_b_, part_r_;  // [B * chunks] (router only)
   std::vector<float> block_max_b_, block_max_r_;  // [B, blocks] max logit per block (router only)
   std::vector<BlockScore> scores_;              // [B, blocks]

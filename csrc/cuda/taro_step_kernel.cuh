@@ -15,8 +15,8 @@
 //     the slice's top-K of both rows (a raw-value filter seeded from the first tile's
 //     per-thread maxima, then a shared-memory merge) -> workspace. Meanwhile the grid
 //     prefetches the router weights into L2.
-//  2. per row, router only: merge the S partials -> log-normalisers (stored for phases
-//     3-4), entropies and both top-K lists (filtered from below by the K-th largest slice
+//  2. per row, router only: merge the S partials -> row maxima (the mix's offsets, stored for
+//     phases 3-4), log-normalisers, entropies and both top-K lists (filtered from below by the K-th largest slice
 //     maximum); index-embedding gather and router MLP -> alpha.
 //  3. per (row, slice): slice partials of the mixed score z = s / T (or s): max,
 //     sum exp(z - max), argmax (lowest id). GenARM (alpha_override) starts here: its
@@ -52,7 +52,7 @@ static_assert(kCudaMaxRouterInputs * sizeof(float) <= 2 * kCandidates * sizeof(u
 // ---------------------------------------------------------------- workspace
 
 struct WorkspaceLayout {
-  size_t keys = 0, stats = 0, scores = 0, row_lse = 0, bytes = 0;
+  size_t keys = 0, stats = 0, scores = 0, row_max = 0, bytes = 0;
 };
 
 __host__ __device__ inline size_t align16(size_t n) { return (n + 15) & ~size_t(15); }
@@ -60,15 +60,15 @@ __host__ __device__ inline size_t align16(size_t n) { return (n + 15) & ~size_t(
 // keys:    [B*S][2][KB] uint64 top-K keys per slice and model (router only)
 // stats:   [B*S][2] float4 (m, d, t, -) entropy partials per slice and model (router only)
 // scores:  [B*S] float4 (m, d, best, best_id bits) mixed-score partials per slice
-// row_lse: [B] float2 log-normalisers (router only: written in phase 2, read in phases 3-4)
+// row_max: [B] float2 row maxima, MixedScore's offsets (router only: written in phase 2, read in phases 3-4)
 __host__ __device__ inline WorkspaceLayout workspace_layout(int64_t batch, int slices, int kb, bool router) {
   WorkspaceLayout l;
   const size_t items = size_t(batch) * size_t(slices);
   l.keys = 0;
   l.stats = align16(l.keys + (router ? items * 2 * size_t(kb) * sizeof(uint64_t) : 0));
   l.scores = align16(l.stats + (router ? items * 2 * sizeof(float4) : 0));
-  l.row_lse = align16(l.scores + items * sizeof(float4));
-  l.bytes = align16(l.row_lse + (router ? size_t(batch) * sizeof(float2) : 0));
+  l.row_max = align16(l.scores + items * sizeof(float4));
+  l.bytes = align16(l.row_max + (router ? size_t(batch) * sizeof(float2) : 0));
   return l;
 }
 
@@ -76,7 +76,7 @@ struct Workspace {
   uint64_t* keys;
   float4* stats;
   float4* scores;
-  float2* row_lse;
+  float2* row_max;
 };
 
 // Workspace values are written by other CTAs before a grid.sync: read them through L2
@@ -184,15 +184,21 @@ __device__ __forceinline__ void for_each_tile(const RowView<T>& v, int q0, int q
   }
 }
 
-// The mixed score of the spec, z = s / T (T > 0) or s, s = lp_b + alpha * lp_r with the
-// reward term 0 when alpha == 0. Explicit round-to-nearest intrinsics: no FMA
-// contraction, so phases 3 and 4 compute the same z bit for bit.
+// The mixed score z = s / T (T > 0) or s, s = (x_b - c_b) + alpha (x_r - c_r) with the reward
+// term 0 when alpha == 0: the spec's lp_b + alpha lp_r up to a per-row constant for any row
+// constants c. With the router c is the row maxima: fp32 rounds z on the grid of |z|, and the top
+// scores are then small (relative to the log-normalisers they were -log V at a flat row, 2e-3 off
+// at T = 1e-3). GenARM mixes the raw logits (c = 0), one read; its z is exact to 1.5 units of the
+// last place at |z|, within the spec at |z| <= 256 but not at logits near 1e4 or a low T, where the
+// CPU and Triton kernels mix again relative to the maxima (not done here: written without a GPU
+// to run it). Explicit round-to-nearest intrinsics (one FMA): phases 3 and 4 compute the same z
+// bit for bit.
 struct MixedScore {
-  float lse_b, lse_r, alpha, inv_t;
+  float c_b, c_r, alpha, inv_t;
   bool mix, scaled;
   __device__ __forceinline__ float operator()(float xb, float xr) const {
-    const float lp_b = __fsub_rn(xb, lse_b);
-    const float s = mix ? __fadd_rn(lp_b, __fmul_rn(alpha, __fsub_rn(xr, lse_r))) : lp_b;
+    const float b = __fsub_rn(xb, c_b);
+    const float s = mix ? __fmaf_rn(alpha, __fsub_rn(xr, c_r), b) : b;
     return scaled ? __fmul_rn(s, inv_t) : s;
   }
 };
@@ -304,7 +310,9 @@ __device__ void route_row(const StepParams& p, SharedStorage<KB>& sh, const Work
   const int k = p.k;
   const EntropyPair st = merge_entropy_partials(sh, ws.stats, row, slices);
   const float log_d_b = logf(st.b.d), log_d_r = logf(st.r.d);
-  if (threadIdx.x == 0) ws.row_lse[row] = make_float2(st.b.m + log_d_b, st.r.m + log_d_r);  // for every CTA of the row
+  if (threadIdx.x == 0) {  // for every CTA of the row: the offsets of MixedScore
+    ws.row_max[row] = make_float2(st.b.m == -INFINITY ? 0.f : st.b.m, st.r.m == -INFINITY ? 0.f : st.r.m);
+  }
 
   // Two lower bounds of each row's K-th key: the largest K-th key of any slice (that slice
   // alone has K keys at least that large) and the K-th largest of the slices' maxima (K
@@ -438,17 +446,15 @@ __device__ void route_row(const StepParams& p, SharedStorage<KB>& sh, const Work
 
 // ---------------------------------------------------------------- phase 3
 
-// The row's score. With the router, s uses the log-normalisers phase 2 stored. GenARM
-// (alpha_override) uses s = z_b + alpha * z_r: it differs from lp_b + alpha * lp_r by a per-row
-// constant, which the argmax, the sampling CDF and log_softmax(s / T) do not see, so GenARM
-// reads each row once (no phase 1) instead of twice.
+// The row's score. With the router, s is relative to the row maxima phase 2 stored. GenARM
+// (alpha_override) mixes the raw logits (MixedScore), so it reads each row once (no phase 1).
 __device__ __forceinline__ MixedScore row_mixed_score(const StepParams& p, const Workspace& ws, int64_t row) {
   MixedScore mix;
   const bool router = !p.use_alpha_override;
-  const float2 lse = router ? __ldcg(&ws.row_lse[row]) : make_float2(0.f, 0.f);
+  const float2 c = router ? __ldcg(&ws.row_max[row]) : make_float2(0.f, 0.f);
   const float alpha = router ? __ldcg(p.alpha + row) : p.alpha_override;
-  mix.lse_b = lse.x;
-  mix.lse_r = lse.y;
+  mix.c_b = c.x;
+  mix.c_r = c.y;
   mix.alpha = alpha;
   mix.mix = alpha != 0.f;
   mix.scaled = p.temperature > 0.f;
@@ -632,7 +638,7 @@ __global__ void __launch_bounds__(kThreads, 2) taro_step_kernel(StepParams p, un
   const Workspace ws{reinterpret_cast<uint64_t*>(workspace + layout.keys),
                      reinterpret_cast<float4*>(workspace + layout.stats),
                      reinterpret_cast<float4*>(workspace + layout.scores),
-                     reinterpret_cast<float2*>(workspace + layout.row_lse)};
+                     reinterpret_cast<float2*>(workspace + layout.row_max)};
   const int64_t items = p.batch * slices;
 
   if (router) {
