@@ -166,8 +166,9 @@ def fit_context(prompt_ids: list[list[int]], max_new_tokens: int, limit: Optiona
     """``prompt_ids`` checked against a context of ``limit`` positions (None: no limit; ``limit_source``
     names where it comes from) with room for ``max_new_tokens``; a prompt too long is an error, or
     with ``truncate`` keeps its last tokens."""
-    if any(len(p) == 0 for p in prompt_ids):
-        raise ValueError("every prompt must encode to at least one token")
+    empty = [i for i, p in enumerate(prompt_ids) if len(p) == 0]
+    if empty:
+        raise ValueError(f"prompt {empty[0]} encodes to no token (every prompt needs at least one)")
     if limit is None:
         return prompt_ids
     if max_new_tokens >= limit:
@@ -179,7 +180,7 @@ def fit_context(prompt_ids: list[list[int]], max_new_tokens: int, limit: Optiona
         i = too_long[0]
         raise ValueError(f"prompt {i} has {len(prompt_ids[i])} tokens; with max_new_tokens={max_new_tokens} "
                          f"that exceeds the models' context of {limit} positions ({limit_source}). Shorten it, lower "
-                         f"max_new_tokens, or pass truncate_prompts=True (keeps the last {room} tokens)")
+                         f"max_new_tokens, or pass truncate_prompts=True (--truncate-prompts; keeps the last {room} tokens)")
     return [p[len(p) - room:] if len(p) > room else p for p in prompt_ids]
 
 

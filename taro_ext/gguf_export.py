@@ -297,7 +297,16 @@ def main(argv=None) -> int:
     p.add_argument("--types", choices=TYPES, default=REWARD_TYPES,
                    help=f"tensor types (default {REWARD_TYPES}: 'like', the base's, loses a LoRA fine-tune of a Q4 base)")
     args = p.parse_args(argv)
-    print(export_model(args.model_dir, args.out, like=args.like, types=args.types))
+    if not os.path.isdir(args.model_dir):  # before the model loads: a mistake is one line, not a traceback
+        p.error(f"model_dir {args.model_dir}: not a directory")
+    if args.like is not None and not os.path.isfile(args.like):
+        p.error(f"--like {args.like}: no such file")
+    if os.path.isdir(args.out) or not os.path.isdir(os.path.dirname(args.out) or "."):
+        p.error(f"out {args.out}: not a file in an existing directory")
+    try:
+        print(export_model(args.model_dir, args.out, like=args.like, types=args.types))
+    except (ValueError, OSError) as e:
+        p.exit(2, f"{p.prog}: error: {e}\n")
     return 0
 
 

@@ -87,6 +87,7 @@ class _Context:
     """
 
     def __init__(self, llama_cpp, llama, n_seq: int, n_ctx_seq: int, n_batch: int, n_threads: int):
+        self._handle = [None]  # before anything can fail: __del__ closes it
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = n_seq * n_ctx_seq
         params.n_batch = n_batch
@@ -349,6 +350,10 @@ class LlamaCppTaroGenerator:
         prompt_ids = fit_context(self.encode(prompts, chat), max_new_tokens, self.context_length(),
                                  "the GGUF's n_ctx_train", truncate_prompts)
         batch = len(prompts)
+        most = self.api.llama_max_parallel_sequences()
+        if batch > most:
+            raise ValueError(f"{batch} prompts: the llama.cpp engine decodes at most {most} at once (llama.cpp's "
+                             f"sequences per context); split the batch")
         n_ctx_seq = max(len(p) for p in prompt_ids) + max_new_tokens
         n_prompt_tokens = sum(len(p) for p in prompt_ids)
         contexts = self._get_contexts(batch, n_ctx_seq, max(n_prompt_tokens, batch))

@@ -112,9 +112,35 @@ def test_flags(tmp_path, capsys):
          "argument --top1-scale: must be a finite number > 0, got 0"),
         (["eval", "--task", "mmlu"], "argument --task: invalid choice: 'mmlu'"),
         (["generate", "--prompt", "hi", "--engine", "vllm"], "argument --engine: invalid choice: 'vllm'"),
+        # Flags that the chosen mode or engine would ignore are refused, not dropped.
+        (["generate", "--prompt", "hi", "--mode", "base", "--alpha", "2"], "--alpha is GenARM's fixed alpha"),
+        (["generate", "--prompt", "hi", "--mode", "base", "--engine", "llamacpp", "--cache", "static"],
+         "--cache static is the transformers engine's"),
+        # Files checked when the flags are parsed, before a model loads or a long run starts.
+        (["make-corrections", "--base", "b", "--output", str(tmp_path)], f"argument --output: {tmp_path} is a directory"),
+        (["train-reward", "--model", "m", "--output", "o", "--sft", str(tmp_path / "nope.jsonl")],
+         f"argument --sft: {tmp_path / 'nope.jsonl'}: no such file"),
+        (["make-data", "--output", "o", "--general-prompts", str(tmp_path)],
+         f"argument --general-prompts: {tmp_path}: a directory, not a file"),
+        (["make-data", "--output", "o", "--num-sft", "-2"], "argument --num-sft: must be a non-negative integer"),
+        (["eval-likelihood", "--task", "alpaca_eval", "--methods", "base,genarm:1e6"],
+         "methods: 'genarm:1e6': alpha must lie in [0, 10000]"),
     ]
     for argv, expected in cases:
         assert expected in user_error(capsys, *argv), argv
+
+
+def test_engine_llamacpp_names_the_model_flag(tmp_path, capsys):
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python is not installed here")
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    line = user_error(capsys, "generate", "--engine", "llamacpp", "--mode", "base", "--base", str(tmp_path / "no"),
+                      "--prompt", "hi")
+    assert line == f"taro-ext generate: error: --base {tmp_path / 'no'}: no such file or directory"
+    line = user_error(capsys, "generate", "--engine", "llamacpp", "--mode", "genarm", "--reward", str(a_file),
+                      "--prompt", "hi")
+    assert line == f"taro-ext generate: error: --reward {a_file}: neither a .gguf file nor a model directory"
 
 
 def test_engine_llamacpp_without_llama_cpp(capsys):

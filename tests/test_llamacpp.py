@@ -220,6 +220,11 @@ def test_bad_arguments_are_named(tiny, tmp_path):
         gen.generate(PROMPTS, max_new_tokens=0)
     with pytest.raises(ValueError, match="leaves no room .* n_ctx_train"):
         gen.generate(PROMPTS, max_new_tokens=gen.context_length())
+    with pytest.raises(ValueError, match="prompt 1 encodes to no token"):
+        gen.generate(["a", ""], max_new_tokens=2)
+    most = gen.api.llama_max_parallel_sequences()  # a llama.cpp context holds at most this many sequences
+    with pytest.raises(ValueError, match=f"{most + 1} prompts: the llama.cpp engine decodes at most {most}"):
+        gen.generate(["a"] * (most + 1), max_new_tokens=2)
     # A reward model with another vocabulary (the character tokenizer with extra characters).
     tok = char_tokenizer("é")
     other = write_gguf(tiny_llama(len(tok), seed=4, tokenizer=tok), tmp_path / "other.gguf", tokenizer=tok)

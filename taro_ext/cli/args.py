@@ -64,6 +64,14 @@ def directory_to_write(value: str) -> str:
     return value
 
 
+def existing_file(value: str) -> str:
+    """A file to read, checked before anything loads (a model, a dataset)."""
+    if not os.path.isfile(value):
+        raise argparse.ArgumentTypeError(f"{value}: " + ("a directory, not a file" if os.path.isdir(value)
+                                                          else "no such file"))
+    return value
+
+
 def file_to_write(value: str) -> str:
     """A file path (not an existing directory) whose directory exists."""
     if os.path.isdir(value):

@@ -38,7 +38,8 @@ def _add_decode_args(p: argparse.ArgumentParser, *, max_new_tokens: int, engine:
                         "taro_ext.llamacpp; reward checkpoints are exported to GGUF on first use) or auto "
                         f"(llamacpp when llama-cpp-python is installed); default {engine}")
     p.add_argument("--backend", default="auto", help="taro_step backend: auto, torch, cpu, triton, cuda")
-    p.add_argument("--cache", choices=("dynamic", "static"), default="dynamic", help="KV cache kind")
+    p.add_argument("--cache", choices=("dynamic", "static"), default="dynamic",
+                   help="the transformers engine's KV cache kind (llama.cpp keeps its own)")
     p.add_argument("--device", type=device, default="cpu", help="device for the models and the step (e.g. cpu, cuda:0)")
     p.add_argument("--max-new-tokens", type=positive_int, default=max_new_tokens)
     p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy")
@@ -50,8 +51,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reward", help="reward model: checkpoint directory or 'smollm2' (needed unless --mode base)")
     p.add_argument("--router", help="router directory (save_pretrained); needed for --mode taro")
     p.add_argument("--mode", choices=("taro", "genarm", "base"), default="taro")
-    p.add_argument("--alpha", type=non_negative_float, default=1.0, help="GenARM's fixed alpha (--mode genarm)")
+    p.add_argument("--alpha", type=non_negative_float, help="GenARM's fixed alpha (--mode genarm; default 1)")
     p.add_argument("--prompt", action="append", required=True, help="a prompt; repeat for a batch")
+    p.add_argument("--truncate-prompts", action="store_true",
+                   help="keep the last tokens of a prompt too long for the models' context (else an error)")
     p.add_argument("--chat", action="store_true", help="wrap each prompt in the tokenizer's chat template")
     p.add_argument("--stop", action="append", help="stop string; repeatable")
     _add_decode_args(p, max_new_tokens=64)
@@ -101,11 +104,15 @@ def _progress(max_new_tokens: int, batch: int, label: str = "generate"):
 
 
 def _check_models_given(args) -> None:
-    """--mode's models are given (before anything loads), for both engines."""
+    """--mode's models are given (before anything loads), and no flag --mode ignores, for both engines."""
     if args.mode != "base" and args.reward is None:
         raise CliError(f"--mode {args.mode} needs --reward")
     if args.mode == "taro" and args.router is None:
         raise CliError("--mode taro needs --router")
+    if args.alpha is not None and args.mode != "genarm":
+        raise CliError(f"--alpha is GenARM's fixed alpha (--mode genarm); --mode {args.mode} does not use it")
+    if args.alpha is None:
+        args.alpha = 1.0
 
 
 def _load(args):
@@ -135,25 +142,36 @@ def _engine(args) -> str:
 
     has_llama_cpp = importlib.util.find_spec("llama_cpp") is not None
     if args.engine == "auto":
-        return "llamacpp" if has_llama_cpp and args.device == "cpu" else "transformers"
+        engine = "llamacpp" if has_llama_cpp and args.device == "cpu" else "transformers"
+    else:
+        engine = args.engine
+    if engine == "llamacpp" and args.cache != "dynamic":
+        raise CliError(f"--cache {args.cache} is the transformers engine's (--engine transformers); "
+                       "llama.cpp keeps its own KV cache")
     if args.engine == "llamacpp":
         if not has_llama_cpp:
             raise CliError("--engine llamacpp needs llama-cpp-python (`make llamacpp`, or pip install "
                            "'taro_ext[llamacpp]')")
         if args.device != "cpu":
             raise CliError(f"--engine llamacpp runs on the CPU; --device {args.device} is for --engine transformers")
-    return args.engine
+    return engine
 
 
-def _gguf(model: str):
-    """A model argument as a GGUF file: 'smollm2' is the embedded GGUF, a .gguf path itself, a
-    checkpoint or LoRA adapter directory its GGUF export (taro_ext.gguf_export, cached)."""
+def _gguf(model: str, flag: str):
+    """A model argument (of ``flag``) as a GGUF file: 'smollm2' is the embedded GGUF, a .gguf path
+    itself, a checkpoint or LoRA adapter directory its GGUF export (taro_ext.gguf_export, cached)."""
     from ..models import SMOLLM2_NAME, smollm2_gguf_path
 
     if model == SMOLLM2_NAME:
         return smollm2_gguf_path()
+    if not os.path.exists(model):
+        raise CliError(f"{flag} {model}: no such file or directory")
     if model.endswith(".gguf"):
+        if not os.path.isfile(model):
+            raise CliError(f"{flag} {model}: not a file")
         return model
+    if not os.path.isdir(model):
+        raise CliError(f"{flag} {model}: neither a .gguf file nor a model directory")
     from ..gguf_export import cached_gguf
 
     _log(f"exporting {model} to GGUF (cached) ...")
@@ -167,9 +185,10 @@ def _llamacpp_generator(args, base, reward, router, mode: str):
 
     from ..llamacpp import LlamaCppTaroGenerator
 
-    as_gguf = lambda m: m if not isinstance(m, str) else _gguf(m)  # noqa: E731
-    return LlamaCppTaroGenerator(as_gguf(base), as_gguf(reward) if reward and mode != "base" else None, router,
-                                 mode=mode, alpha=args.alpha, backend="cpu" if args.backend == "auto" else args.backend,
+    as_gguf = lambda m, flag: m if not isinstance(m, str) else _gguf(m, flag)  # noqa: E731
+    reward = as_gguf(reward, "--reward") if reward and mode != "base" else None
+    return LlamaCppTaroGenerator(as_gguf(base, "--base"), reward, router, mode=mode, alpha=args.alpha,
+                                 backend="cpu" if args.backend == "auto" else args.backend,
                                  n_threads=torch.get_num_threads())
 
 
@@ -189,7 +208,7 @@ def _run(args, stack: contextlib.ExitStack):
         gen = TaroGenerator(base, reward, router, tokenizer, mode=args.mode, alpha=args.alpha, backend=args.backend,
                             reward_tokenizer=reward_tokenizer, cache=args.cache)
     out = gen.generate(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                       seed=args.seed, stop=args.stop, chat=args.chat,
+                       seed=args.seed, stop=args.stop, chat=args.chat, truncate_prompts=args.truncate_prompts,
                        progress=_progress(args.max_new_tokens, len(args.prompt)))
     return out, tokenizer, router
 
@@ -235,7 +254,7 @@ def _demo(args) -> int:
         # the base-mode generator stands in for the tokenizer (encode/decode with the GGUF's own).
         _log("loading the SmolLM2-135M-Instruct GGUF in llama.cpp ...")
         base = load_gguf(smollm2_gguf_path(), n_threads=torch.get_num_threads())
-        reward = load_gguf(_gguf(args.reward), n_threads=torch.get_num_threads()) if args.reward else base
+        reward = load_gguf(_gguf(args.reward, "--reward"), n_threads=torch.get_num_threads()) if args.reward else base
         reward_tokenizer = None
         tokenizer = _llamacpp_generator(args, base, None, None, "base")
         vocab = tokenizer.vocab_size
@@ -268,8 +287,8 @@ def _demo(args) -> int:
     print(f"reward     : {reward_desc}")
     print(f"router     : {router_desc}")
     print(f"decoding   : {len(prompts)} arithmetic word problems (levels 1-4, held out) in chat mode, "
-          f"{args.max_new_tokens} new tokens, temperature {args.temperature}, engine {engine}, cache {args.cache}, "
-          f"backend {args.backend}\n")
+          f"{args.max_new_tokens} new tokens, temperature {args.temperature}, engine {engine}"
+          + (f", cache {args.cache}" if engine == "transformers" else "") + f", backend {args.backend}\n")
     results = {}
     for mode in ("base", "genarm", "taro"):
         if engine == "llamacpp":

@@ -13,7 +13,8 @@ import os
 import random
 import time
 
-from .args import CliError, directory_to_write, non_negative_int, positive_float, positive_int
+from .args import (CliError, directory_to_write, existing_file, file_to_write, non_negative_int, positive_float,
+                   positive_int)
 
 DATA_SOURCES = ("gsm8k", "math", "synthetic", "arithmetic")
 
@@ -60,9 +61,9 @@ def add_commands(subparsers) -> None:
     p = subparsers.add_parser("train-reward", help="train a GenARM autoregressive reward model on step-wise pairs")
     _add_model_args(p, ["model"])
     _add_data_args(p, "pairs")
-    p.add_argument("--pairs", default=None,
+    p.add_argument("--pairs", type=existing_file, default=None,
                    help="Math-Step-DPO-10K style JSON/JSONL pairs (instead of building them from --source)")
-    p.add_argument("--sft", default=None, metavar="JSONL",
+    p.add_argument("--sft", type=existing_file, default=None, metavar="JSONL",
                    help="warm start: SFT on these (question, solution) records before the pair loss")
     p.add_argument("--sft-epochs", type=float, default=1.0)
     p.add_argument("--sft-lr", type=float, default=None, help="SFT learning rate (default: --lr)")
@@ -90,7 +91,7 @@ def add_commands(subparsers) -> None:
                    help="keep the frozen models' logits: 'memory' or a directory (small sets)")
     p.add_argument("--cache-dtype", choices=("float32", "bfloat16"), default="float32",
                    help="dtype of the cached logits (bfloat16: half the memory, features within bf16 rounding)")
-    p.add_argument("--examples", default=None, metavar="JSONL", nargs="+",
+    p.add_argument("--examples", type=existing_file, default=None, metavar="JSONL", nargs="+",
                    help="(prompt, completion[, domain, prefix]) records (instead of --source); several files are "
                         "shuffled together under --seed; of the first --num-train + --num-val, the last --num-val "
                         "are held out and evaluated per domain")
@@ -107,14 +108,17 @@ def add_commands(subparsers) -> None:
 
     p = subparsers.add_parser("make-data", help="write the SmolLM2 recipe's training files (SFT, pairs, router)")
     _add_model_args(p, ["base"])
-    p.add_argument("--output", required=True, help="directory for sft.jsonl, pairs.jsonl, router.jsonl")
-    p.add_argument("--num-sft", type=int, default=1200, help="arithmetic SFT solutions")
-    p.add_argument("--num-pairs", type=int, default=1600, help="arithmetic step pairs")
-    p.add_argument("--num-gsm8k-pairs", type=int, default=160, help="GSM8K train step pairs")
-    p.add_argument("--num-router", type=int, default=240, help="arithmetic router solutions")
-    p.add_argument("--general-prompts", default=None, help="general instructions file (default: the shipped list)")
-    p.add_argument("--general-samples", type=int, default=2, help="sampled base answers per general instruction")
-    p.add_argument("--max-new-tokens", type=int, default=160, help="length of the base's general answers")
+    p.add_argument("--output", type=directory_to_write, required=True,
+                   help="directory for sft.jsonl, pairs.jsonl, router.jsonl")
+    p.add_argument("--num-sft", type=non_negative_int, default=1200, help="arithmetic SFT solutions")
+    p.add_argument("--num-pairs", type=non_negative_int, default=1600, help="arithmetic step pairs")
+    p.add_argument("--num-gsm8k-pairs", type=non_negative_int, default=160, help="GSM8K train step pairs")
+    p.add_argument("--num-router", type=non_negative_int, default=240, help="arithmetic router solutions")
+    p.add_argument("--general-prompts", type=existing_file, default=None,
+                   help="general instructions file (default: the shipped list)")
+    p.add_argument("--general-samples", type=non_negative_int, default=2,
+                   help="sampled base answers per general instruction")
+    p.add_argument("--max-new-tokens", type=positive_int, default=160, help="length of the base's general answers")
     p.set_defaults(func=_make_data)
 
     p = subparsers.add_parser("make-corrections",
@@ -127,7 +131,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--seed", type=non_negative_int, default=None,
                    help="the problems' seed (default 3, the recipe's; never the evaluation's, 1234)")
     p.add_argument("--max-new-tokens", type=positive_int, default=128, help="answer length (the evaluation's)")
-    p.add_argument("--output", required=True, help="the JSONL file to write")
+    p.add_argument("--output", type=file_to_write, required=True, help="the JSONL file to write")
     p.set_defaults(func=_make_corrections)
 
 

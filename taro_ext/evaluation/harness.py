@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from ..atomic import write_text
+from ..reference import MAX_ALPHA
 from ..training.router_training import TOKEN_CLASSES, token_class
 from .datasets import EvalItem, write_alpaca_eval_outputs
 from .graders import grade
@@ -47,8 +48,8 @@ def parse_methods(spec: str) -> list[Method]:
                 alpha = float(name.split(":", 1)[1])
             except ValueError:
                 raise ValueError(f"methods: {name!r} needs a number after 'genarm:'") from None
-            if not (alpha >= 0 and math.isfinite(alpha)):
-                raise ValueError(f"methods: {name!r}: alpha must be finite and >= 0")
+            if not (0 <= alpha <= MAX_ALPHA):
+                raise ValueError(f"methods: {name!r}: alpha must lie in [0, {MAX_ALPHA:g}] (README, spec choice 10)")
             method = Method(name, "genarm", alpha)
         else:
             raise ValueError(f"methods: unknown method {name!r} (base, genarm:ALPHA, taro, taro-full)")

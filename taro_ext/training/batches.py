@@ -30,6 +30,8 @@ def encode_completion(tokenizer, context: str, completion: str, max_length: int)
     decoder appends after the context's tokens). Over ``max_length``, the context loses tokens
     from the left; a completion longer than ``max_length - 1`` is cut on the right. With an
     empty context the completion's first token is the context."""
+    if max_length < 2:
+        raise ValueError(f"max_length must be >= 2 (a context token and a scored token), got {max_length}")
     ctx = tokenizer(context, add_special_tokens=True)["input_ids"] if context else []
     comp = tokenizer(completion, add_special_tokens=False)["input_ids"]
     if not ctx:  # the first token has nothing to be predicted from: it becomes the context
