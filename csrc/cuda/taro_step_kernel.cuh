@@ -310,9 +310,7 @@ __device__ void route_row(const StepParams& p, SharedStorage<KB>& sh, const Work
   const int k = p.k;
   const EntropyPair st = merge_entropy_partials(sh, ws.stats, row, slices);
   const float log_d_b = logf(st.b.d), log_d_r = logf(st.r.d);
-  if (threadIdx.x == 0) {  // for every CTA of the row: the offsets of MixedScore
-    ws.row_max[row] = make_float2(st.b.m == -INFINITY ? 0.f : st.b.m, st.r.m == -INFINITY ? 0.f : st.r.m);
-  }
+  if (threadIdx.x == 0) ws.row_max[row] = make_float2(st.b.m, st.r.m);  // for every CTA of the row: MixedScore's c
 
   // Two lower bounds of each row's K-th key: the largest K-th key of any slice (that slice
   // alone has K keys at least that large) and the K-th largest of the slices' maxima (K
