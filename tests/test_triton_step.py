@@ -204,7 +204,7 @@ pointers = dict(base_ptr="*bf16", reward_ptr="*bf16", embed_ptr="*bf16", w1_ptr=
                 token_lp_ptr="*fp32", logprobs_ptr="*fp32")
 pointers.update(stats_ptr="*fp32", keys_ptr="*i64", counter_ptr="*i32")
 scalars = dict(V="i32", CHUNK="i32", S="i32", alpha_max="fp32", alpha_override="fp32", temperature="fp32")
-for router, sample, logprobs in ((True, False, False), (True, True, True), (False, True, False)):
+for router, sample, logprobs in ((True, False, False), (True, True, True), (False, True, False), (False, False, True)):
     constants = dict(K=16, K_PAD=16, D=16, D_PAD=16, H=64, H_PAD=64, H_BLOCK=16, S_PAD=64, BLOCK_V=2048,
                      USE_ROUTER=router, SAMPLE=sample, WRITE_LOGPROBS=logprobs)
     signature = {name: pointers.get(name) or scalars.get(name) or ("constexpr" if name in constants else "i64")
@@ -221,7 +221,8 @@ print("ok")
 def test_kernel_compiles_for_sm90_without_a_gpu():
     """The interpreter accepts code the compiler rejects (globals, loop-carried types):
     lower the default router's kernel (greedy; sampling with log-probs) and GenARM's
-    (sampling: the crossing-slice rescan) to sm_90 cubins with Triton's bundled ptxas.
+    (sampling: the crossing-slice rescan; greedy with log-probs: the rescore of a row relative to its maxima)
+    to sm_90 cubins with Triton's bundled ptxas.
     bench/ptxas_report.py compiles every variant."""
     import os
     import subprocess
