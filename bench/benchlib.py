@@ -73,8 +73,11 @@ def natural_taro_step(base, reward, weights: dict, k: int, vocab: int, temperatu
     Returns (tokens, alpha)."""
     lp_b = torch.log_softmax(base[:, :vocab].float(), dim=-1)
     lp_r = torch.log_softmax(reward[:, :vocab].float(), dim=-1)
-    h_b = torch.special.entr(lp_b.exp()).sum(-1)
-    h_r = torch.special.entr(lp_r.exp()).sum(-1)
+    # Entropy as torch.distributions.Categorical computes it: -(p * log p), log p clamped so that a
+    # masked (-inf) entry gives 0 * finite (special.entr(p) would take the log again: 4 of the 10 ms).
+    floor = torch.finfo(lp_b.dtype).min
+    h_b = -(lp_b.exp() * lp_b.clamp_min(floor)).sum(-1)
+    h_r = -(lp_r.exp() * lp_r.clamp_min(floor)).sum(-1)
     v_b, i_b = lp_b.topk(k, dim=-1)
     v_r, i_r = lp_r.topk(k, dim=-1)
     emb = weights["embed"].float()

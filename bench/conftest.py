@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import subprocess
 import sys
 
@@ -61,7 +62,9 @@ def pytest_benchmark_update_machine_info(config, machine_info):
 
 
 def pytest_benchmark_update_json(config, benchmarks, output_json):
-    output_json["command"] = " ".join(["pytest"] + sys.argv[1:])
+    # What reproduces the run: the arguments quoted as a shell would need them, and the variables it read.
+    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items()) if k.startswith("TARO_BENCH_"))
+    output_json["command"] = (env + " " if env else "") + shlex.join(["pytest"] + sys.argv[1:])
     # The load when the run ends (the start's can go in TARO_BENCH_NOTE): the machine may be shared.
     try:
         output_json["uptime_end"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()

@@ -123,6 +123,8 @@ def test_number_answers(output, gold, expected):
     ("Given the fever, (I) fits best.", "I"),
     ("the answer is a viral infection", None),  # lower-case article, not an option
     ("Answer Choices: (A) foo (B) bar", None),  # an echoed option list states no answer
+    ("(A) foo\n(B) bar\nThe answer is (B)", "B"),  # options walked in order, then the stated answer
+    ("Answer: I think so", None),  # the pronoun I is not option I
     ("", None),
 ])
 def test_letter_extraction(output, letter):

@@ -49,6 +49,18 @@ def test_score_texts_matches_an_unbatched_forward():
         assert torch.allclose(s["genarm:1"], mixed[torch.arange(len(t)), t], atol=1e-4)
 
 
+def test_a_text_longer_than_max_length_is_an_error_not_cut():
+    # Cut to fit, a long completion kept no context at all (82 of 100 AlpacaEval texts at 384 tokens):
+    # the scores of two texts with different instructions were then the same.
+    base, reward, tok = _models()
+    texts = [("Q: first\n", "abcdefghij" * 3), ("Q: other zz\n", "abcdefghij" * 3)]
+    with pytest.raises(ValueError, match="exceeds max_length=16, and an evaluation cuts nothing"):
+        likelihood.score_texts(base, reward, tok, texts, parse_methods("base"), {}, max_length=16)
+    first, other = likelihood.score_texts(base, reward, tok, texts, parse_methods("base"), {}, max_length=64)
+    assert first["base"].shape == other["base"].shape == (30,)
+    assert not torch.equal(first["base"], other["base"])  # the instruction is seen
+
+
 def test_split_choices_reads_medqa_options():
     stem, options = likelihood.split_choices("What is it?\nAnswer Choices: (A) a cat (B) a dog (C) two (D) none")
     assert stem == "What is it?"

@@ -51,9 +51,9 @@ def add_commands(subparsers) -> None:
     p.add_argument("--reward", default=None)
     p.add_argument("--router", default=None)
     p.add_argument("--full-router", default=None)
-    p.add_argument("--max-length", type=positive_int, default=512,
-                   help="tokens per scored text: the context is cut on the left, a completion longer than "
-                        "max-length - 1 on the right (only its first tokens are scored)")
+    p.add_argument("--max-length", type=positive_int, default=1024,
+                   help="the most tokens of a scored text (context and completion); a longer text is an error, "
+                        "not cut (AlpacaEval's first 100 outputs with their instructions: up to 917)")
     p.add_argument("--batch-size", type=positive_int, default=4)
     p.add_argument("--no-chat", action="store_true")
     p.add_argument("--out", type=directory_to_write, default="eval_results")

@@ -148,19 +148,23 @@ _STATED_CHOICE = re.compile(rf"(?i:answer|option|choice)(?:\s+is)?\s*[:\-]?\s*(?
 
 
 def extract_choice(output_text: str) -> Optional[str]:
-    """The option letter an output picks, or None (the last stated choice wins)."""
+    """The option letter an output picks, or None: a boxed letter, else the last stated choice ("the
+    answer is (B)"; not the pronoun in "Answer: I think"), else an output that starts with a letter
+    ("A. Disclose ..."; after the stated choice, since reasoning that walks the options in order
+    also starts with "(A)"), else the one letter mentioned as "(X)"."""
     boxed = last_boxed(output_text)
     if boxed is not None:
         m = re.fullmatch(rf"\s*(?:\\text\{{)?\(?({_L})\)?\}}?\s*", boxed)
         if m:
             return m.group(1)
+    stated = [m.group(1) for m in _STATED_CHOICE.finditer(output_text)
+              if not (m.group(1) == "I" and re.match(r"\s+[a-z]", output_text[m.end():]))]
+    if stated:
+        return stated[-1]
     stripped = output_text.strip().strip("*.").strip()
     m = re.fullmatch(rf"\(?({_L})\)?(?:[.:)]\s.*)?", stripped, re.DOTALL)
     if m:
         return m.group(1)
-    stated = _STATED_CHOICE.findall(output_text)
-    if stated:
-        return stated[-1]
     # A bare "(X)" counts only when it is the one letter mentioned: an echoed option list is no answer.
     mentioned = set(re.findall(rf"\(({_L})\)", output_text))
     return mentioned.pop() if len(mentioned) == 1 else None

@@ -51,14 +51,15 @@ def method_logprobs(base_rows: torch.Tensor, reward_rows: Optional[torch.Tensor]
 
 @torch.no_grad()
 def score_texts(base_model, reward_model, tokenizer, texts: Sequence[tuple[str, str]], methods: Sequence[Method],
-                routers: Mapping[str, object], *, max_length: int = 512, batch_size: int = 4,
+                routers: Mapping[str, object], *, max_length: int = 1024, batch_size: int = 4,
                 progress: Optional[str] = None) -> list[dict[str, torch.Tensor]]:
-    """Per text ``(context, continuation)``: ``{method: [C] token log-probs}`` of the continuation."""
+    """Per text ``(context, continuation)``: ``{method: [C] token log-probs}`` of the whole continuation after
+    the whole context (a text longer than ``max_length`` tokens is an error, not cut)."""
     vocab_size = len(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     needs_reward = any(m.mode != "base" for m in methods)
     device = next(base_model.parameters()).device
-    encoded = [encode_completion(tokenizer, c, t, max_length) for c, t in texts]
+    encoded = [encode_completion(tokenizer, c, t, max_length, truncate=False) for c, t in texts]
     batches = range(0, len(encoded), batch_size)
     if progress:
         from tqdm.auto import tqdm
@@ -79,7 +80,7 @@ def score_texts(base_model, reward_model, tokenizer, texts: Sequence[tuple[str, 
 
 
 def alpaca_nll(base_model, reward_model, tokenizer, records: Sequence[dict], methods: Sequence[Method],
-               routers: Mapping[str, object], *, chat: bool = True, max_length: int = 512, batch_size: int = 4,
+               routers: Mapping[str, object], *, chat: bool = True, max_length: int = 1024, batch_size: int = 4,
                progress: bool = True) -> dict:
     """Per-token NLL of each record's ``output`` after its ``instruction``, per method, with a 95%
     bootstrap interval over records and the change relative to the base."""
@@ -137,7 +138,7 @@ def choice_record(record) -> dict:
 
 
 def choice_accuracy(base_model, reward_model, tokenizer, records: Sequence[dict], methods: Sequence[Method],
-                    routers: Mapping[str, object], *, chat: bool = True, max_length: int = 512, batch_size: int = 4,
+                    routers: Mapping[str, object], *, chat: bool = True, max_length: int = 1024, batch_size: int = 4,
                     progress: bool = True) -> dict:
     """Option log-likelihood accuracy (``acc`` and ``acc_norm``) per method on MedQA-style
     records (``question`` with an "Answer Choices:" list, ``label`` a one-letter list)."""

@@ -25,17 +25,24 @@ class CompletionBatch:
     target_mask: torch.Tensor
 
 
-def encode_completion(tokenizer, context: str, completion: str, max_length: int) -> tuple[list[int], list[int]]:
+def encode_completion(tokenizer, context: str, completion: str, max_length: int,
+                      truncate: bool = True) -> tuple[list[int], list[int]]:
     """Token ids of ``context`` and ``completion``, tokenised separately (the completion is what a
-    decoder appends after the context's tokens). Over ``max_length``, the context loses tokens
-    from the left; a completion longer than ``max_length - 1`` is cut on the right. With an
-    empty context the completion's first token is the context."""
+    decoder appends after the context's tokens). With an empty context the completion's first
+    token is the context. Over ``max_length`` (training, ``truncate``): the context loses tokens
+    from the left, and a completion longer than ``max_length - 1`` is cut on the right, so a long
+    completion keeps no context at all. Evaluations pass ``truncate=False``: a text that does not
+    fit is then an error, since a score of a cut text is not the score of the text."""
     if max_length < 2:
         raise ValueError(f"max_length must be >= 2 (a context token and a scored token), got {max_length}")
     ctx = tokenizer(context, add_special_tokens=True)["input_ids"] if context else []
     comp = tokenizer(completion, add_special_tokens=False)["input_ids"]
     if not ctx:  # the first token has nothing to be predicted from: it becomes the context
         ctx, comp = comp[:1], comp[1:]
+    if not truncate and len(ctx) + len(comp) > max_length:
+        raise ValueError(f"a text of {len(ctx) + len(comp)} tokens (context {len(ctx)}, completion {len(comp)}) "
+                         f"exceeds max_length={max_length}, and an evaluation cuts nothing: raise max_length "
+                         f"(completion {completion[:40]!r})")
     comp = comp[:max_length - 1]
     keep = max_length - len(comp)
     ctx = ctx[len(ctx) - keep:] if len(ctx) > keep else ctx
