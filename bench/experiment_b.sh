@@ -49,7 +49,7 @@ for PART in $PARTS; do
     gsm8k)      $PY -m taro_ext.cli eval --task gsm8k --limit "$GSM8K_LIMIT" --methods "$GSM8K_METHODS" "${MODELS[@]}" \
                   --max-new-tokens 256 --batch-size 50 --out "$OUT" --stem gsm8k --no-progress ;;
     alpaca_eval|medqa) $PY -m taro_ext.cli eval-likelihood --task "$PART" --limit "$OOD_LIMIT" --methods "$METHODS" \
-                  "${MODELS[@]}" --max-length 384 --batch-size 8 --out "$OUT" --stem "$PART" --no-progress ;;
+                  "${MODELS[@]}" --max-length 1024 --batch-size 4 --out "$OUT" --stem "$PART" --no-progress ;;
     *) echo "unknown part $PART"; exit 2 ;;
   esac
   echo "$(date -u +%FT%TZ) $PART limit=$LIMIT max_new_tokens=$MAX_NEW_TOKENS methods=$METHODS wall_s=$(( $(date +%s) - START ))" | tee -a "$OUT/run_log.txt"

@@ -14,9 +14,12 @@ from taro_ext.evaluation.stats import paired_difference_interval
 
 
 # The later routers' files, in order: "_round2" holds the round-2 router's rows, and so on; "_full" the
-# full-logits router retrained with round 3's data (eighth session).
-ROUNDS = ("_round2", "_round3", "_full")
-ROUND_NOTES = {"_full": "the retrained full-logits router, with GenARM 8 and the round-3 router rerun"}
+# full-logits router retrained with round 3's data (eighth session); "_whole" the likelihood parts rerun
+# on whole texts (tenth session: before, --max-length 384 cut long AlpacaEval outputs to their first 383
+# tokens and dropped their instruction, and cut 9 MedQA stems).
+ROUNDS = ("_round2", "_round3", "_full", "_whole")
+ROUND_NOTES = {"_full": "the retrained full-logits router, with GenARM 8 and the round-3 router rerun",
+               "_whole": "whole texts, nothing cut; supersedes the tables above, which scored cut texts"}
 # Fixed alphas added after the first run, in-domain only ("_genarm8": alpha 8, eighth session).
 ADDED_FIXED = ("_genarm8",)
 
@@ -65,6 +68,39 @@ def generation_section(results: list[dict], title: str) -> list[str]:
     return lines + [""]
 
 
+# The problems the shipped models were trained on (bench/smollm2_recipe.sh): generator seed -> how many
+# problems were drawn (SFT solutions; the problems the step pairs came from, all drawn; the router's
+# arithmetic rows; the corrections of rounds 1 and 3).
+TRAINING_DRAWS = {0: 800, 1: 2 * 1600, 2: 240, 3: 400, 5: 800}
+
+
+def overlap_section(results: list[dict], seed: int = 1234) -> list[str]:
+    """The held-out check: the test problems whose question is word for word a training question (the
+    generator's templates are small enough to repeat across seeds), and the paired differences of the
+    TARo rows without them."""
+    from taro_ext import arithmetic
+
+    train = {s.question for sd, n in TRAINING_DRAWS.items() for _, s in arithmetic.graded_problems(n, sd)}
+    n = results[0]["n_items"]
+    seen = {f"arithmetic-{i}" for i, (_, s) in enumerate(arithmetic.graded_problems(n, seed)) if s.question in train}
+    correct = {m: {r["id"]: r["correct"] for r in res["items"] if r["method"] == m}
+               for res in results for m in res["methods"]}
+    ids = [k for k in correct["base"] if k not in seen]
+    lines = [f"Held-out check: {len(seen)} of the {n} test questions are word for word questions the recipe trained "
+             f"on ({', '.join(sorted(seen, key=lambda k: int(k.split('-')[1])))}; seeds and counts: "
+             f"{TRAINING_DRAWS}). Without them ({len(ids)} items):", ""]
+    fixed = [m for m in correct if m.startswith("genarm:")]
+    top = max(sum(correct[m][k] for k in ids) for m in fixed)
+    best = [m for m in fixed if sum(correct[m][k] for k in ids) == top]
+    for m in [x for x in correct if x.startswith("taro")]:
+        for ref in ["base"] + best:
+            a, b = [correct[m][k] for k in ids], [correct[ref][k] for k in ids]
+            low, high = paired_difference_interval(a, b)
+            lines.append(f"- `{m}` {100 * sum(a) / len(ids):.1f}% - `{ref}` {100 * sum(b) / len(ids):.1f}%: "
+                         f"{100 * (sum(a) - sum(b)) / len(ids):+.1f} points [{100 * low:+.1f}, {100 * high:+.1f}]")
+    return lines + [""]
+
+
 def likelihood_section(result: dict, note: str = "") -> list[str]:
     from taro_ext.evaluation.likelihood import markdown_table
 
@@ -84,6 +120,7 @@ def main(directory: str) -> str:
                                     "In domain: graded arithmetic word problems (held-out seed 1234)")
         lines += ["Rows from " + "; ".join(f"`{stem}.json` ({', '.join(r['methods'])})" for stem, r in runs)
                   + "; a method in a later file replaces the same method of an earlier one.", ""]
+        lines += overlap_section([r for _, r in runs])
     reward = _load(directory, "arithmetic_reward_model")
     if reward:
         s = reward["summary"]["base"]
