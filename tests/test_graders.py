@@ -103,6 +103,11 @@ def test_math_latex_equivalences(output, gold, expected):
     ("3 + 4 = 7, then 7 * 2 = 14, so 15", "#### 14", False),
     (r"$\boxed{-3}$", "#### -3", True),
     ("no number here", "#### 5", False),
+    (r"$\boxed{\frac{1}{2}}$", 0.5, True),  # a boxed fraction is its value, not its last number
+    (r"$\boxed{\frac{1}{2}}$", 2, False),
+    ("The answers are 1,2,3", 123, False),  # commas group thousands only
+    ("so 8 - 2 = 6 (check: 10-4)", 4, True),  # a hyphen after a digit subtracts: 4, not -4
+    ("\u22125 degrees", -5, True),  # the Unicode minus sign
 ])
 def test_number_answers(output, gold, expected):
     assert grade("gsm8k", output, gold) is expected

@@ -92,7 +92,11 @@ def grade_math(output_text: str, gold: str) -> bool:
 
 # --- numbers (GSM8K, synthetic arithmetic) ---------------------------------------------------
 
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+# A number: a minus sign only where it cannot be a subtraction ("(10-3)" holds 10 and 3), commas only
+# as thousands separators ("1,2,3" is three numbers, "1,000" one).
+_SIGN = r"(?:(?<![\w)\]}])-)?"
+_NUMBER = re.compile(rf"{_SIGN}(?:\d{{1,3}}(?:,\d{{3}})+(?!\d)|\d+)(?:\.\d+)?|{_SIGN}\.\d+")
+_FRACTION = re.compile(r"\s*(-?)\\[dt]?frac\{\s*(\d+)\s*\}\{\s*(\d+)\s*\}\s*")
 
 
 def _to_decimal(text: str) -> Optional[Decimal]:
@@ -104,7 +108,7 @@ def _to_decimal(text: str) -> Optional[Decimal]:
 
 
 def _last_number(text: str) -> Optional[Decimal]:
-    found = _NUMBER.findall(text)
+    found = _NUMBER.findall(text.replace("\u2212", "-"))  # the Unicode minus sign too
     return _to_decimal(found[-1]) if found else None
 
 
@@ -125,6 +129,10 @@ def extract_number_answer(output_text: str) -> Optional[Decimal]:
     """The output's answer: last ``\\boxed{}``, else its ``#### N``, else its last number."""
     boxed = last_boxed(output_text)
     if boxed is not None:
+        fraction = _FRACTION.fullmatch(boxed)  # \frac{1}{2} is 0.5, not its last number
+        if fraction and int(fraction.group(3)) != 0:
+            value = Decimal(fraction.group(2)) / Decimal(fraction.group(3))
+            return -value if fraction.group(1) else value
         value = _last_number(boxed)
         if value is not None:
             return value
