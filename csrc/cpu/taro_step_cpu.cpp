@@ -509,8 +509,10 @@ TARO_INLINE VecF mix(VecF xb, VecF xr, float alpha, Offsets c, float inv_t) {
 // rounds once before the 1 / T scale, so a token's z is within 1.5 units of fp32's last place at
 // |z|, 4.6e-5 at |z| <= 256, inside the spec's 1e-4, and the pass has two subtractions fewer per
 // vector (TARo's bf16 step was 6% slower with them). TARo knows its maxima before pass 2 and
-// decides from them; GenARM (one read, no pass for the maxima) mixes raw first and a row whose
-// max z is larger again with its row maxima as c.
+// decides from them: where |m_b| + alpha |m_r| <= 256 T, a raw z is within 256 of the z relative to
+// the maxima, so it is never coarser than the limit where that one is not (a top token far below
+// both maxima is as coarse either way, in the reference too). GenARM (one read, no pass for the
+// maxima) mixes raw first and a row whose max z is larger again with its row maxima as c.
 constexpr float kRawScoreLimit = 256.0f;
 
 // Per-block results of pass 2 (the argmax is not tracked there: a compare-and-blend chain
