@@ -307,6 +307,31 @@ def test_mixed_score_holds_fp32_precision(device, backend, alpha_override, shift
     torch.testing.assert_close(got.logprobs[near].double(), logprobs[near], atol=1e-4, rtol=0)
 
 
+@pytest.mark.skipif("cpu" not in fused_backends("cpu"), reason="the CPU kernel is not built")
+@pytest.mark.parametrize("alpha_override", [None, 1.5], ids=["taro", "genarm"])
+def test_mixed_score_precision_with_rows_split_across_threads(alpha_override):
+    """The CPU kernel cuts 3 rows of 300000 logits into chunks on 4 threads; a GenARM row whose raw
+    scores are too large is then mixed again relative to its maxima on the calling thread."""
+    B, V = 3, 300000
+    g = torch.Generator().manual_seed(12)
+    base = torch.randn(B, V, generator=g) * 3 + 1e4
+    reward = torch.randn(B, V, generator=g) * 3 + 5e3
+    uniform = torch.rand(B, generator=g)
+    router = None if alpha_override is not None else seeded_router(4, V, k=4, alpha_max=3.0)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        got = taro_step(base, reward, router, temperature=1.0, uniform=uniform, vocab_size=V,
+                        alpha_override=alpha_override, return_logprobs=True, backend="cpu")
+    finally:
+        torch.set_num_threads(saved)
+    tokens, margins, logprobs = float64_pick(base, reward, V, got.alpha, 1.0, uniform)
+    decided = margins >= TOKEN_MARGIN
+    assert torch.equal(got.tokens[decided], tokens[decided]), (got.tokens, tokens, margins)
+    near = logprobs > -30.0
+    torch.testing.assert_close(got.logprobs[near].double(), logprobs[near], atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("device,backend", BACKENDS)
 @pytest.mark.parametrize("top", [3.2e9, 5e9, -5e9])
 def test_huge_finite_logits_give_the_reference_alpha(device, backend, top):
