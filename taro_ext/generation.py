@@ -44,7 +44,7 @@ from .lm_forward import device_of, forward_last
 from .padding import left_pad, positions_from_mask
 from .router import _RouterBase
 from .step import BACKENDS, StepResult, available_backends, check_alpha, check_temperature, taro_step
-from .validate import as_int
+from .validate import as_bool, as_int
 
 MODES = ("taro", "genarm", "base")
 CACHES = ("dynamic", "static")
@@ -156,8 +156,7 @@ def check_generate_args(prompts, max_new_tokens, temperature, seed, stop, trunca
         raise TypeError(f"stop must be a string or a list of non-empty strings, got {stop!r:.80}")
     if any(not s for s in stop):
         raise ValueError("stop strings must be non-empty")
-    if not isinstance(truncate_prompts, bool):
-        raise TypeError(f"truncate_prompts must be True or False, got {truncate_prompts!r}")
+    truncate_prompts = as_bool("truncate_prompts", truncate_prompts)
     return GenerateArgs(list(prompts), max_new_tokens, temperature, seed, list(stop), truncate_prompts)
 
 

@@ -29,11 +29,11 @@ def as_int(name: str, value, *, minimum: Optional[int] = None, maximum: Optional
 
 
 def as_bool(name: str, value) -> bool:
-    """``value`` as a ``bool``: Python or NumPy booleans only (``"no"`` or ``1`` would read as a flag
-    set by accident)."""
-    if not _is_bool(value):
-        raise TypeError(f"{name} must be a bool, got {value!r}")
-    return bool(value)
+    """``value``, which must be ``True`` or ``False`` (``"no"`` or ``1`` would read as a flag set by
+    accident)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
 
 
 def as_float(name: str, value, *, minimum: Optional[float] = None, maximum: Optional[float] = None,

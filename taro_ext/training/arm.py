@@ -24,7 +24,7 @@ from ..atomic import replace_directory
 from ..data import StepPair, render_prompt
 from ..models import ADAPTER_CONFIG
 from ..router import TRAINING_RUN_ENTRIES
-from ..validate import as_float, as_int
+from ..validate import as_bool, as_float, as_int
 from .batches import CompletionBatch, collate_completions, completion_logits, encode_completion, token_logprobs
 from .config import TrainConfig
 from .distributed import DistributedContext, distributed_context
@@ -87,9 +87,8 @@ class ArmTrainer:
         beta = as_float("beta", beta, above=0.0)
         max_length = as_int("max_length", max_length, minimum=2)
         self.nll_weight = as_float("nll_weight", nll_weight, minimum=0.0)
-        for name, value in (("chat", chat), ("gradient_checkpointing", gradient_checkpointing)):
-            if not isinstance(value, bool):
-                raise TypeError(f"{name} must be True or False, got {value!r}")
+        as_bool("chat", chat)
+        as_bool("gradient_checkpointing", gradient_checkpointing)
         if config is not None and not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
         if lora is not None and not isinstance(lora, LoraSettings):

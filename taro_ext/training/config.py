@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from ..validate import as_float, as_int
+from ..validate import as_bool, as_float, as_int
 
 # Seeds feed torch.Generator.manual_seed(seed + epoch), which takes at most 2**64 - 1.
 MAX_SEED = 2 ** 63 - 1
@@ -58,8 +58,7 @@ class TrainConfig:
             self.max_grad_norm = as_float("max_grad_norm", self.max_grad_norm, above=0.0)
         if self.bf16 is not None and not isinstance(self.bf16, bool):
             raise TypeError(f"bf16 must be True, False or None, got {self.bf16!r}")
-        if not isinstance(self.progress, bool):
-            raise TypeError(f"progress must be True or False, got {self.progress!r}")
+        as_bool("progress", self.progress)
         for name in ("output_dir", "resume_from"):
             value = getattr(self, name)
             if value is not None:
