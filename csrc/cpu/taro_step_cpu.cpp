@@ -229,29 +229,36 @@ constexpr float kLog2e = 1.44269504088896341f;
 constexpr float kLn2 = 0.69314718055994531f;
 constexpr float kExp2Lowest = -126.0f;  // 2^u below this is 0 (the fp32 result would be denormal)
 
-// scan_row_slice's u = x log2(e) - mv. kFma: one rounding, an explicit FMA (not one the compiler
-// may or may not contract), mv = m log2(e) rounded; otherwise (x - m) log2(e), mv = m.
 #if defined(__AVX512F__) || defined(__FMA__)
 constexpr bool kHasFma = true;
 #else
 constexpr bool kHasFma = false;
 #endif
+
+// a * b + c in one rounding where the target has FMA (explicit, so every pass rounds alike).
+TARO_INLINE VecF fmadd(VecF a, VecF b, VecF c) {
+#if defined(__AVX512F__)
+  return reinterpret_cast<VecF>(_mm512_fmadd_ps(reinterpret_cast<__m512>(a), reinterpret_cast<__m512>(b),
+                                                reinterpret_cast<__m512>(c)));
+#elif defined(__FMA__)
+  __m256 ah[2], bh[2], ch[2];
+  std::memcpy(ah, &a, sizeof a);
+  std::memcpy(bh, &b, sizeof b);
+  std::memcpy(ch, &c, sizeof c);
+  for (int h = 0; h < 2; ++h) ah[h] = _mm256_fmadd_ps(ah[h], bh[h], ch[h]);
+  VecF r;
+  std::memcpy(&r, ah, sizeof r);
+  return r;
+#else
+  return a * b + c;
+#endif
+}
+
+// scan_row_slice's u = x log2(e) - mv. kFma: one rounding (fmadd; negating mv is exact),
+// mv = m log2(e) rounded; otherwise (x - m) log2(e), mv = m.
 template <bool kFma>
 TARO_INLINE VecF offset_log2(VecF x, VecF mv) {
-  if constexpr (kFma) {
-#if defined(__AVX512F__)
-    return reinterpret_cast<VecF>(_mm512_fmsub_ps(reinterpret_cast<__m512>(x), _mm512_set1_ps(kLog2e),
-                                                  reinterpret_cast<__m512>(mv)));
-#elif defined(__FMA__)
-    __m256 xh[2], mh[2];
-    std::memcpy(xh, &x, sizeof x);
-    std::memcpy(mh, &mv, sizeof mv);
-    for (int h = 0; h < 2; ++h) xh[h] = _mm256_fmsub_ps(xh[h], _mm256_set1_ps(kLog2e), mh[h]);
-    VecF u;
-    std::memcpy(&u, xh, sizeof u);
-    return u;
-#endif
-  }
+  if constexpr (kFma) return fmadd(x, splat(kLog2e), -mv);
   return (x - mv) * kLog2e;
 }
 
@@ -462,25 +469,6 @@ std::vector<Candidate> row_topk(const T* row, int64_t vocab, const float* block_
     topk.offer_block(x, n, b, block_max[j]);
   }
   return std::move(topk.finish());
-}
-
-// a * b + c in one rounding where the target has FMA (explicit, so every pass rounds alike).
-TARO_INLINE VecF fmadd(VecF a, VecF b, VecF c) {
-#if defined(__AVX512F__)
-  return reinterpret_cast<VecF>(_mm512_fmadd_ps(reinterpret_cast<__m512>(a), reinterpret_cast<__m512>(b),
-                                                reinterpret_cast<__m512>(c)));
-#elif defined(__FMA__)
-  __m256 ah[2], bh[2], ch[2];
-  std::memcpy(ah, &a, sizeof a);
-  std::memcpy(bh, &b, sizeof b);
-  std::memcpy(ch, &c, sizeof c);
-  for (int h = 0; h < 2; ++h) ah[h] = _mm256_fmadd_ps(ah[h], bh[h], ch[h]);
-  VecF r;
-  std::memcpy(&r, ah, sizeof r);
-  return r;
-#else
-  return a * b + c;
-#endif
 }
 
 // Per-row constants subtracted from the logits before the mix: z = ((x_b - c_b) + alpha (x_r -
@@ -883,7 +871,7 @@ class StepRunner {
   int threads_ = 1;
   int64_t chunks_ = 1;
   std::vector<float> alpha_;                   // [B]
-  std::vector<Offsets> offsets_;               // [B] the c of `mix`: row maxima, or 0 (GenARM)
+  std::vector<Offsets> offsets_;               // [B] the c of `mix`: row maxima, or 0 (raw)
   std::vector<SoftmaxStats> part_b_, part_r_;  // [B * chunks] (router only)
   std::vector<float> block_max_b_, block_max_r_;  // [B, blocks] max logit per block (router only)
   std::vector<BlockScore> scores_;              // [B, blocks]
