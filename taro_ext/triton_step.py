@@ -206,16 +206,17 @@ def _row_maxima(base_row, reward_row, V, alpha, BLOCK_V: tl.constexpr):
 
 
 @triton.jit
-def _row_normaliser(base_row, reward_row, V, c_b, c_r, alpha, temperature, SAMPLE: tl.constexpr,
-                    BLOCK_V: tl.constexpr):
-    """One pass over the row: online max and sum exp of ``s / T`` and its argmax (lowest id on ties)."""
+def _score_stats(base_row, reward_row, lo, hi, c_b, c_r, alpha, temperature, SAMPLE: tl.constexpr,
+                 BLOCK_V: tl.constexpr):
+    """One pass over columns [lo, hi) of a row: online max and sum exp of ``s / T`` and its argmax
+    (lowest id on ties)."""
     offs = tl.arange(0, BLOCK_V)
     big_m = float("-inf")
     big_z = 0.0
     argmax = 0
-    for start in tl.range(0, V, BLOCK_V, num_stages=3):
+    for start in tl.range(lo, hi, BLOCK_V, num_stages=3):
         col = start + offs
-        xb, xr = _load_pair(base_row, reward_row, col, V)
+        xb, xr = _load_pair(base_row, reward_row, col, hi)
         scaled = _mixed_score(xb, xr, c_b, c_r, alpha, temperature, SAMPLE)
         blk_max, blk_arg = tl.max(scaled, axis=0, return_indices=True, return_indices_tie_break_left=True)
         argmax = tl.where(blk_max > big_m, start + blk_arg, argmax)  # strict: earlier ids win ties
@@ -287,16 +288,8 @@ def _taro_step_kernel(
         tl.store(keys + slot, tl.where(top_b > _KEY_MASKED + K_PAD, top_b, _KEY_MASKED), mask=slot < K)
         tl.store(keys + K_PAD + slot, tl.where(top_r > _KEY_MASKED + K_PAD, top_r, _KEY_MASKED), mask=slot < K)
     else:
-        s_m = float("-inf")
-        s_z = 0.0
-        s_arg = 0
-        for start in tl.range(c0, c1, BLOCK_V, num_stages=3):
-            col = start + offs
-            xb, xr = _load_pair(base_row, reward_row, col, c1)
-            scaled = _mixed_score(xb, xr, 0.0, 0.0, alpha_override, temperature, SAMPLE)
-            blk_max, blk_arg = tl.max(scaled, axis=0, return_indices=True, return_indices_tie_break_left=True)
-            s_arg = tl.where(blk_max > s_m, start + blk_arg, s_arg)  # strict: earlier ids win ties
-            s_m, s_z, _unused = _online_add(scaled, s_m, s_z, 0.0, False)
+        s_m, s_z, s_arg = _score_stats(base_row, reward_row, c0, c1, 0.0, 0.0, alpha_override, temperature,
+                                       SAMPLE, BLOCK_V)
         tl.store(stats + 0, s_m)
         tl.store(stats + 1, s_z)
         tl.store(stats + 2, s_arg.to(tl.float32))  # exact: V < 2**24 (checked by the launcher)
@@ -359,8 +352,8 @@ def _taro_step_kernel(
             c_r = tl.where(m_r == float("-inf"), 0.0, m_r)
 
             # Normaliser of s / T over the row, and the greedy argmax.
-            big_m, big_z, token = _row_normaliser(base_row, reward_row, V, c_b, c_r, alpha, temperature,
-                                                  SAMPLE, BLOCK_V)
+            big_m, big_z, token = _score_stats(base_row, reward_row, 0, V, c_b, c_r, alpha, temperature,
+                                               SAMPLE, BLOCK_V)
             log_big_z = tl.log(big_z)
             scan_lo = 0
             scan_hi = V
@@ -383,8 +376,8 @@ def _taro_step_kernel(
             rescore = (tl.abs(big_m) > _RAW_SCORE_LIMIT) & (big_m != float("-inf"))
             if rescore:  # the raw scores are too coarse (module doc): again, relative to the maxima
                 c_b, c_r = _row_maxima(base_row, reward_row, V, alpha, BLOCK_V)
-                big_m, big_z, token = _row_normaliser(base_row, reward_row, V, c_b, c_r, alpha, temperature,
-                                                      SAMPLE, BLOCK_V)
+                big_m, big_z, token = _score_stats(base_row, reward_row, 0, V, c_b, c_r, alpha, temperature,
+                                                   SAMPLE, BLOCK_V)
             log_big_z = tl.log(big_z)
             if SAMPLE:
                 if ~rescore:

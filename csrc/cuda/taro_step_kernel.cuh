@@ -16,8 +16,8 @@
 //     per-thread maxima, then a shared-memory merge) -> workspace. Meanwhile the grid
 //     prefetches the router weights into L2.
 //  2. per row, router only: merge the S partials -> row maxima (the mix's offsets, stored for
-//     phases 3-4), log-normalisers, entropies and both top-K lists (filtered from below by the K-th largest slice
-//     maximum); index-embedding gather and router MLP -> alpha.
+//     phases 3-4), log-normalisers, entropies and both top-K lists (filtered from below by the
+//     K-th largest slice maximum); index-embedding gather and router MLP -> alpha.
 //  3. per (row, slice): slice partials of the mixed score z = s / T (or s): max,
 //     sum exp(z - max), argmax (lowest id). GenARM (alpha_override) starts here: its
 //     s = z_b + alpha * z_r needs no normaliser (a per-row constant), so it reads each row
