@@ -290,19 +290,18 @@ def cached_gguf(model_dir: str | os.PathLike, *, like: Optional[str | os.PathLik
 
 
 def main(argv=None) -> int:
+    # The CLI's argparse types: a mistake is one line before the model loads, not a traceback after.
+    from .cli.args import existing_file, file_to_write
+
     p = argparse.ArgumentParser(prog="python -m taro_ext.gguf_export", description=__doc__.split("\n\n")[0])
     p.add_argument("model_dir", help="transformers checkpoint or LoRA adapter directory (adapters are merged)")
-    p.add_argument("out", help="GGUF file to write")
-    p.add_argument("--like", help="the base model's GGUF (default: the embedded SmolLM2 GGUF)")
+    p.add_argument("out", type=file_to_write, help="GGUF file to write")
+    p.add_argument("--like", type=existing_file, help="the base model's GGUF (default: the embedded SmolLM2 GGUF)")
     p.add_argument("--types", choices=TYPES, default=REWARD_TYPES,
                    help=f"tensor types (default {REWARD_TYPES}: 'like', the base's, loses a LoRA fine-tune of a Q4 base)")
     args = p.parse_args(argv)
-    if not os.path.isdir(args.model_dir):  # before the model loads: a mistake is one line, not a traceback
+    if not os.path.isdir(args.model_dir):
         p.error(f"model_dir {args.model_dir}: not a directory")
-    if args.like is not None and not os.path.isfile(args.like):
-        p.error(f"--like {args.like}: no such file")
-    if os.path.isdir(args.out) or not os.path.isdir(os.path.dirname(args.out) or "."):
-        p.error(f"out {args.out}: not a file in an existing directory")
     try:
         print(export_model(args.model_dir, args.out, like=args.like, types=args.types))
     except (ValueError, OSError) as e:
