@@ -11,6 +11,7 @@ import os
 import sys
 
 from taro_ext.evaluation.stats import paired_difference_interval
+from taro_ext.training import recipe_data
 
 
 # The later routers' files, in order: "_round2" holds the round-2 router's rows, and so on; "_full" the
@@ -70,8 +71,10 @@ def generation_section(results: list[dict], title: str) -> list[str]:
 
 # The problems the shipped models were trained on (bench/smollm2_recipe.sh): generator seed -> how many
 # problems were drawn (SFT solutions; the problems the step pairs came from, all drawn; the router's
-# arithmetic rows; the corrections of rounds 1 and 3).
-TRAINING_DRAWS = {0: 800, 1: 2 * 1600, 2: 240, 3: 400, 5: 800}
+# arithmetic rows; the corrections of rounds 1 and 3, the latter drawn with --seed 5). The seeds are
+# recipe_data's; the counts the recipe script's flags (preference_pairs draws two problems per pair).
+TRAINING_DRAWS = {recipe_data.SFT_SEED: 800, recipe_data.PAIR_SEED: 2 * 1600, recipe_data.ROUTER_SEED: 240,
+                  recipe_data.CORRECTION_SEED: 400, 5: 800}
 
 
 def overlap_section(results: list[dict], seed: int = 1234) -> list[str]:
