@@ -8,7 +8,6 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 # /usr/local/bin/nvcc is a wrapper on some machines; torch must see the real toolkit.
 export CUDA_HOME ?= $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda,)
-export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0a
 export MAX_JOBS ?= 2
 NATIVE_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh')
 

@@ -2,7 +2,9 @@
 
 Environment:
   TARO_EXT_CUDA=0/1        force the CUDA part off/on (default: on when nvcc is found)
-  TORCH_CUDA_ARCH_LIST     CUDA archs (default "8.0;9.0a")
+  TORCH_CUDA_ARCH_LIST     CUDA archs (default: the visible GPUs' own, as torch chooses, with PTX
+                           for the newest; with no GPU visible "8.0+PTX;9.0a", whose compute_80
+                           PTX lets any newer GPU, Blackwell included, JIT-compile the kernels)
   TARO_EXT_NATIVE=0        do not compile the CPU kernel with -march=native
   MAX_JOBS                 parallel compile jobs (ninja)
 Build with `pip install --no-build-isolation -e .` so the extension is compiled
@@ -44,10 +46,18 @@ def _extensions():
         if home is None:
             raise RuntimeError("TARO_EXT_CUDA=1 but no nvcc was found; set CUDA_HOME")
         os.environ["CUDA_HOME"] = home
-        # Without a GPU to query, torch's arch detection fails: give it a default.
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0a")
     # Import after CUDA_HOME is settled: torch reads it at import time.
     from torch.utils import cpp_extension
+
+    if want_cuda and "TORCH_CUDA_ARCH_LIST" not in os.environ:
+        import torch
+
+        # With a GPU, torch builds for it (and embeds PTX). Without one its arch detection fails:
+        # SASS for A100 and H100-class GPUs, plus compute_80 PTX, which the driver JIT-compiles
+        # on any other GPU from sm_80 up (sm_100 and sm_120 have no SASS here, and without the
+        # PTX they would get "no kernel image is available").
+        if not torch.cuda.is_available():
+            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0+PTX;9.0a"
 
     if want_cuda:
         cpp_extension.CUDA_HOME = os.environ["CUDA_HOME"]

@@ -33,7 +33,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_step_cuda(
   if (p.batch == 0) return {out.tokens, out.alpha, out.token_logprobs, out.logprobs};
   const int device = base.get_device();
   CudaStepPlan plan;
-  C10_CUDA_CHECK(taro_step_cuda_plan(p, device, &plan));
+  const cudaError_t plan_err = taro_step_cuda_plan(p, device, &plan);
+  if (plan_err == cudaErrorNoKernelImageForDevice || plan_err == cudaErrorInvalidDeviceFunction) {
+    (void)cudaGetLastError();  // not sticky: clear it so the next CUDA call does not report it
+    int major = 0, minor = 0;
+    (void)cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+    (void)cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+    TORCH_CHECK(false, "cuda backend: this build of taro_ext has no kernel for device ", device, " (sm_", major,
+                minor, "); rebuild it with TORCH_CUDA_ARCH_LIST=\"", major, ".", minor,
+                "\" (README, \"Building from source\"), or use backend='triton'");
+  }
+  C10_CUDA_CHECK(plan_err);
   const at::Tensor workspace =
       at::empty({static_cast<int64_t>(plan.workspace_bytes)}, base.options().dtype(at::kByte));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device).stream();
