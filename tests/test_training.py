@@ -283,12 +283,45 @@ def test_top1_loss_is_a_smoothed_greedy_miss():
     assert grads[1] < 5 * grads[0] < 0  # the slope toward a larger alpha is over 5x steeper at tau = 4 (9x)
 
 
+def test_alpha_target_loss_regresses_onto_the_largest_alpha_that_picks_the_target():
+    from taro_ext.training.router_training import ALPHA_GRID, mixed_alpha_target_loss
+
+    alpha_max = 4.0
+    # Row 0: base and reward agree on token 1: every alpha picks it, goal alpha_max (fraction 1).
+    # Row 1: the base picks 0 (the target, 5 nats ahead of token 2), the reward 2 (3 nats ahead of 0):
+    #   the mix picks 0 for small alpha only, so the goal is a fraction strictly between 0 and 1.
+    # Row 2: neither model nor any mix picks token 1: no goal, no loss, no gradient.
+    base = torch.tensor([[0.0, 5.0, 0.0], [5.0, 0.0, 0.0], [5.0, 0.0, 0.0]])
+    reward = torch.tensor([[0.0, 5.0, 0.0], [0.0, -1.0, 3.0], [5.0, 0.0, 0.0]])
+    targets = torch.tensor([1, 0, 1])
+    lp_b, lp_r = torch.log_softmax(base, -1), torch.log_softmax(reward, -1)
+    goals = []
+    for i, t in enumerate(targets.tolist()):  # by hand: the largest grid fraction whose mix picks t
+        hits = [f for f in ALPHA_GRID if int((lp_b[i] + f * alpha_max * lp_r[i]).argmax()) == t]
+        goals.append(max(hits) if hits else None)
+    assert goals[0] == 1.0 and 0.0 < goals[1] < 1.0 and goals[2] is None  # the three cases above
+    a = torch.tensor([2.0, 2.0, 2.0], requires_grad=True)
+    got = mixed_alpha_target_loss(base, reward, a, targets, 3, alpha_max=alpha_max)
+    want = [-(g * math.log(0.5) + (1 - g) * math.log(0.5)) if g is not None else 0.0 for g in goals]
+    torch.testing.assert_close(got, torch.tensor(want), check_dtype=False)
+    got.sum().backward()
+    # Gradient descent raises alpha toward alpha_max on row 0, lowers it on row 1 (goal below 1/2 of
+    # alpha_max), and leaves row 2 alone.
+    assert a.grad[0] < 0 and a.grad[2] == 0
+    assert (a.grad[1] > 0) == (goals[1] < 0.5)
+    # The loss is lowest at the goal (binary cross-entropy against it).
+    shares = torch.linspace(0.01, 0.99, 99)
+    curve = mixed_alpha_target_loss(base[1:2].expand(99, 3), reward[1:2].expand(99, 3), shares * alpha_max,
+                                    targets[1:2].expand(99), 3, alpha_max=alpha_max)
+    assert abs(shares[curve.argmin()].item() - goals[1]) < 0.011
+
+
 def test_router_trainer_uses_each_examples_loss():
     tok = char_tokenizer()
     base, reward = bigram_task(tok)
     examples = bigram_examples(4, seed=0)
     losses = {}
-    for kind in ("nll", "top1"):
+    for kind in ("nll", "top1", "alpha_target"):
         torch.manual_seed(0)
         trainer = RouterTrainer(base, reward, tok, TopKRouter(len(tok), k=4, embed_dim=4, hidden=8),
                                 [(p, t, kind) for p, t in examples], config=quiet(max_steps=1, device="cpu"))
@@ -296,9 +329,10 @@ def test_router_trainer_uses_each_examples_loss():
         from taro_ext.training.router_training import LOSSES
 
         b, r, t = trainer.frozen.rows([0, 1])
-        want = LOSSES[kind](b, r, trainer.router(b, r, len(tok)), t, len(tok)).sum().item()
+        extra = {"alpha_max": trainer.router.alpha_max} if kind == "alpha_target" else {}
+        want = LOSSES[kind](b, r, trainer.router(b, r, len(tok)), t, len(tok), **extra).sum().item()
         assert losses[kind] == pytest.approx(want, rel=1e-6)
-    assert losses["nll"] != pytest.approx(losses["top1"])
+    assert len({round(v, 6) for v in losses.values()}) == 3
     torch.manual_seed(0)
     scaled = RouterTrainer(base, reward, tok, TopKRouter(len(tok), k=4, embed_dim=4, hidden=8),
                            [(p, t, "top1") for p, t in examples], config=quiet(max_steps=1, device="cpu"),
@@ -309,7 +343,7 @@ def test_router_trainer_uses_each_examples_loss():
     assert want != pytest.approx(losses["top1"])
     with pytest.raises(ValueError, match="top1_scale must be > 0"):
         RouterTrainer(base, reward, tok, TopKRouter(len(tok), k=4), examples, top1_scale=0.0)
-    with pytest.raises(ValueError, match=r"examples\[0\]: loss must be one of \['nll', 'top1'\]"):
+    with pytest.raises(ValueError, match=r"examples\[0\]: loss must be one of \['alpha_target', 'nll', 'top1'\]"):
         RouterTrainer(base, reward, tok, TopKRouter(len(tok), k=4), [(examples[0][0], examples[0][1], "mse")])
 
 

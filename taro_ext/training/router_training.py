@@ -17,6 +17,12 @@ logits rows), and the loss is averaged over target tokens. Per example, the loss
   ``sigmoid(margin / tau)``: still bounded by 1 per token, but a miss by a wide margin keeps a
   gradient (at tau = 1 a miss by 5 nats has slope 0.007). Tried at tau = 4 on the SmolLM2 recipe
   (bench/results/experiment_b_router_attempts.md, round 5): it did not help there.
+* ``alpha_target``: a regression of ``alpha_t / alpha_max`` (binary cross-entropy) onto, per token,
+  the largest alpha of a grid (``ALPHA_GRID`` times ``alpha_max``) whose mix picks ``y_t`` greedily;
+  a token no alpha of the grid picks gives no loss. Where every alpha is right (most tokens of a
+  correct solution) its target is ``alpha_max``, so unlike ``top1``, which is flat there, it asks for
+  the largest alpha that costs nothing, and it asks for less only where less is what gets the token
+  right (round 6 of the SmolLM2 recipe's router attempts).
 
 Only the router has gradients; the frozen models' logits rows at the target
 positions are computed under ``no_grad`` once per batch, or once in all with a cache
@@ -75,7 +81,29 @@ def mixed_top1_loss(base_rows: torch.Tensor, reward_rows: torch.Tensor, alpha: t
     return _top1_of(_mixed(base_rows, reward_rows, alpha, vocab_size), targets, scale)
 
 
-LOSSES = {"nll": mixed_nll, "top1": mixed_top1_loss}
+# alpha_target's grid, as fractions of alpha_max.
+ALPHA_GRID = (0.0, 0.125, 0.25, 0.5, 0.75, 1.0)
+
+
+def mixed_alpha_target_loss(base_rows: torch.Tensor, reward_rows: torch.Tensor, alpha: torch.Tensor,
+                            targets: torch.Tensor, vocab_size: int, alpha_max: float = 1.0) -> torch.Tensor:
+    """Per-row binary cross-entropy of ``alpha / alpha_max`` against the largest fraction ``f`` of
+    ``ALPHA_GRID`` for which ``argmax(lp_b + f * alpha_max * lp_r)`` is the target; 0 (and no
+    gradient) for a row that no alpha of the grid gets right."""
+    with torch.no_grad():
+        lp_b = reference.log_softmax_rows(base_rows, vocab_size)
+        lp_r = reference.log_softmax_rows(reward_rows, vocab_size)
+        goal = torch.full(alpha.shape, float("nan"), device=alpha.device)
+        for f in ALPHA_GRID:  # ascending, so the largest alpha that picks the target wins
+            picked = reference.mixed_score(lp_b, lp_r, torch.full_like(goal, f * alpha_max)).argmax(dim=-1)
+            goal = torch.where(picked.eq(targets), f, goal)
+        known = ~goal.isnan()
+    share = (alpha.float() / alpha_max).clamp(1e-6, 1.0 - 1e-6)
+    bce = torch.nn.functional.binary_cross_entropy(share, goal.nan_to_num(0.0), reduction="none")
+    return torch.where(known, bce, torch.zeros_like(bce))
+
+
+LOSSES = {"nll": mixed_nll, "top1": mixed_top1_loss, "alpha_target": mixed_alpha_target_loss}
 
 
 def token_class(text: str) -> str:
@@ -220,9 +248,10 @@ class RouterTrainer:
                  top1_scale: float = 1.0):
         max_length = as_int("max_length", max_length, minimum=2)
         scale = as_float("top1_scale", top1_scale, above=0.0)
-        self.loss_fns = dict(LOSSES, top1=functools.partial(mixed_top1_loss, scale=scale))
         if not isinstance(router, _RouterBase):
             raise TypeError(f"router must be a TopKRouter or FullLogitsRouter, got {type(router).__name__}")
+        self.loss_fns = dict(LOSSES, top1=functools.partial(mixed_top1_loss, scale=scale),
+                             alpha_target=functools.partial(mixed_alpha_target_loss, alpha_max=router.alpha_max))
         if config is not None and not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
         if cache is not None and not isinstance(cache, (str, os.PathLike)):
