@@ -22,7 +22,9 @@ logits rows), and the loss is averaged over target tokens. Per example, the loss
   a token no alpha of the grid picks gives no loss. Where every alpha is right (most tokens of a
   correct solution) its target is ``alpha_max``, so unlike ``top1``, which is flat there, it asks for
   the largest alpha that costs nothing, and it asks for less only where less is what gets the token
-  right (round 6 of the SmolLM2 recipe's router attempts).
+  right. On the SmolLM2 recipe (round 6 of bench/results/experiment_b_router_attempts.md) it tied
+  GenARM 4 on the development set where ``top1`` routers lost 4 problems, but its alpha on general
+  text doubled (AlpacaEval NLL +3.6% against the base), so it is not the shipped router's loss.
 
 Only the router has gradients; the frozen models' logits rows at the target
 positions are computed under ``no_grad`` once per batch, or once in all with a cache
