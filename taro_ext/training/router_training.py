@@ -23,7 +23,7 @@ logits rows), and the loss is averaged over target tokens. Per example, the loss
   correct solution) its target is ``alpha_max``, so unlike ``top1``, which is flat there, it asks for
   the largest alpha that costs nothing, and it asks for less only where less is what gets the token
   right. On the SmolLM2 recipe (round 6 of bench/results/experiment_b_router_attempts.md) it tied
-  GenARM 4 on the development set where ``top1`` routers lost 4 problems, but its alpha on general
+  GenARM 4 on the development set, where the ``top1`` routers were 4 problems behind, but its alpha on general
   text doubled (AlpacaEval NLL +3.6% against the base), so it is not the shipped router's loss.
 
 Only the router has gradients; the frozen models' logits rows at the target
