@@ -11,7 +11,6 @@ to show where the router leans on the reward model.
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import time
