@@ -314,6 +314,12 @@ def test_alpha_target_loss_regresses_onto_the_largest_alpha_that_picks_the_targe
     curve = mixed_alpha_target_loss(base[1:2].expand(99, 3), reward[1:2].expand(99, 3), shares * alpha_max,
                                     targets[1:2].expand(99), 3, alpha_max=alpha_max)
     assert abs(shares[curve.argmin()].item() - goals[1]) < 0.011
+    # decisive_only drops row 0 (every alpha picks its target) and keeps row 1's loss as it is.
+    a.grad = None
+    decisive = mixed_alpha_target_loss(base, reward, a, targets, 3, alpha_max=alpha_max, decisive_only=True)
+    torch.testing.assert_close(decisive, torch.tensor([0.0, want[1], 0.0]), check_dtype=False)
+    decisive.sum().backward()
+    assert a.grad[0] == 0 and a.grad[2] == 0 and a.grad[1] != 0
 
 
 def test_router_trainer_uses_each_examples_loss():
@@ -321,7 +327,7 @@ def test_router_trainer_uses_each_examples_loss():
     base, reward = bigram_task(tok)
     examples = bigram_examples(4, seed=0)
     losses = {}
-    for kind in ("nll", "top1", "alpha_target"):
+    for kind in ("nll", "top1", "alpha_target", "alpha_decisive"):
         torch.manual_seed(0)
         trainer = RouterTrainer(base, reward, tok, TopKRouter(len(tok), k=4, embed_dim=4, hidden=8),
                                 [(p, t, kind) for p, t in examples], config=quiet(max_steps=1, device="cpu"))
@@ -329,10 +335,10 @@ def test_router_trainer_uses_each_examples_loss():
         from taro_ext.training.router_training import LOSSES
 
         b, r, t = trainer.frozen.rows([0, 1])
-        extra = {"alpha_max": trainer.router.alpha_max} if kind == "alpha_target" else {}
+        extra = {"alpha_max": trainer.router.alpha_max} if kind.startswith("alpha_") else {}
         want = LOSSES[kind](b, r, trainer.router(b, r, len(tok)), t, len(tok), **extra).sum().item()
         assert losses[kind] == pytest.approx(want, rel=1e-6)
-    assert len({round(v, 6) for v in losses.values()}) == 3
+    assert len({round(v, 6) for v in losses.values()}) == 4
     torch.manual_seed(0)
     scaled = RouterTrainer(base, reward, tok, TopKRouter(len(tok), k=4, embed_dim=4, hidden=8),
                            [(p, t, "top1") for p, t in examples], config=quiet(max_steps=1, device="cpu"),
@@ -343,7 +349,7 @@ def test_router_trainer_uses_each_examples_loss():
     assert want != pytest.approx(losses["top1"])
     with pytest.raises(ValueError, match="top1_scale must be > 0"):
         RouterTrainer(base, reward, tok, TopKRouter(len(tok), k=4), examples, top1_scale=0.0)
-    with pytest.raises(ValueError, match=r"examples\[0\]: loss must be one of \['alpha_target', 'nll', 'top1'\]"):
+    with pytest.raises(ValueError, match=r"examples\[0\]: loss must be one of \['alpha_decisive', 'alpha_target', 'nll', 'top1'\]"):
         RouterTrainer(base, reward, tok, TopKRouter(len(tok), k=4), [(examples[0][0], examples[0][1], "mse")])
 
 

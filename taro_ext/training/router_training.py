@@ -25,6 +25,10 @@ logits rows), and the loss is averaged over target tokens. Per example, the loss
   right. On the SmolLM2 recipe (round 6 of bench/results/experiment_b_router_attempts.md) it tied
   GenARM 4 on the development set, where the ``top1`` routers were 4 problems behind, but its alpha on general
   text doubled (AlpacaEval NLL +3.6% against the base), so it is not the shipped router's loss.
+* ``alpha_decisive``: ``alpha_target`` on the rows where alpha decides the greedy pick only (some
+  alpha of the grid picks ``y_t`` and some does not). ``alpha_target``'s goal of ``alpha_max`` on the
+  tokens every alpha gets right includes the words of a solution, which look like general text's;
+  here those tokens are left to the other rows' losses.
 
 Only the router has gradients; the frozen models' logits rows at the target
 positions are computed under ``no_grad`` once per batch, or once in all with a cache
@@ -88,24 +92,29 @@ ALPHA_GRID = (0.0, 0.125, 0.25, 0.5, 0.75, 1.0)
 
 
 def mixed_alpha_target_loss(base_rows: torch.Tensor, reward_rows: torch.Tensor, alpha: torch.Tensor,
-                            targets: torch.Tensor, vocab_size: int, alpha_max: float = 1.0) -> torch.Tensor:
+                            targets: torch.Tensor, vocab_size: int, alpha_max: float = 1.0,
+                            decisive_only: bool = False) -> torch.Tensor:
     """Per-row binary cross-entropy of ``alpha / alpha_max`` against the largest fraction ``f`` of
     ``ALPHA_GRID`` for which ``argmax(lp_b + f * alpha_max * lp_r)`` is the target; 0 (and no
-    gradient) for a row that no alpha of the grid gets right."""
+    gradient) for a row that no alpha of the grid gets right, and with ``decisive_only`` also for a
+    row that every alpha of the grid gets right (where alpha does not change the greedy pick)."""
     with torch.no_grad():
         lp_b = reference.log_softmax_rows(base_rows, vocab_size)
         lp_r = reference.log_softmax_rows(reward_rows, vocab_size)
         goal = torch.full(alpha.shape, float("nan"), device=alpha.device)
+        every = torch.ones(alpha.shape, dtype=torch.bool, device=alpha.device)
         for f in ALPHA_GRID:  # ascending, so the largest alpha that picks the target wins
             picked = reference.mixed_score(lp_b, lp_r, torch.full_like(goal, f * alpha_max)).argmax(dim=-1)
             goal = torch.where(picked.eq(targets), f, goal)
-        known = ~goal.isnan()
+            every &= picked.eq(targets)
+        known = ~goal.isnan() & ~(every & decisive_only)
     share = (alpha.float() / alpha_max).clamp(1e-6, 1.0 - 1e-6)
     bce = torch.nn.functional.binary_cross_entropy(share, goal.nan_to_num(0.0), reduction="none")
     return torch.where(known, bce, torch.zeros_like(bce))
 
 
-LOSSES = {"nll": mixed_nll, "top1": mixed_top1_loss, "alpha_target": mixed_alpha_target_loss}
+LOSSES = {"nll": mixed_nll, "top1": mixed_top1_loss, "alpha_target": mixed_alpha_target_loss,
+          "alpha_decisive": functools.partial(mixed_alpha_target_loss, decisive_only=True)}
 
 
 def token_class(text: str) -> str:
@@ -253,7 +262,9 @@ class RouterTrainer:
         if not isinstance(router, _RouterBase):
             raise TypeError(f"router must be a TopKRouter or FullLogitsRouter, got {type(router).__name__}")
         self.loss_fns = dict(LOSSES, top1=functools.partial(mixed_top1_loss, scale=scale),
-                             alpha_target=functools.partial(mixed_alpha_target_loss, alpha_max=router.alpha_max))
+                             alpha_target=functools.partial(mixed_alpha_target_loss, alpha_max=router.alpha_max),
+                             alpha_decisive=functools.partial(mixed_alpha_target_loss, alpha_max=router.alpha_max,
+                                                              decisive_only=True))
         if config is not None and not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
         if cache is not None and not isinstance(cache, (str, os.PathLike)):
