@@ -107,7 +107,7 @@ def test_flags(tmp_path, capsys):
         (["train-router", "--base", "b", "--reward", "r", "--output", "o", "--domain-weight", "c=-1"],
          "argument --domain-weight: expected DOMAIN=W"),
         (["train-router", "--base", "b", "--reward", "r", "--output", "o", "--domain-loss", "arithmetic=mse"],
-         "argument --domain-loss: expected DOMAIN=LOSS with LOSS one of alpha_decisive, alpha_target, nll, top1, got 'arithmetic=mse'"),
+         "argument --domain-loss: expected DOMAIN=LOSS with LOSS one of alpha_decisive, alpha_target, alpha_zero, nll, top1, got 'arithmetic=mse'"),
         (["train-router", "--base", "b", "--reward", "r", "--output", "o", "--top1-scale", "0"],
          "argument --top1-scale: must be a finite number > 0, got 0"),
         (["eval", "--task", "mmlu"], "argument --task: invalid choice: 'mmlu'"),

@@ -322,12 +322,24 @@ def test_alpha_target_loss_regresses_onto_the_largest_alpha_that_picks_the_targe
     assert a.grad[0] == 0 and a.grad[2] == 0 and a.grad[1] != 0
 
 
+def test_alpha_zero_loss_is_the_cross_entropy_of_alpha_share_against_zero():
+    from taro_ext.training.router_training import mixed_alpha_zero_loss
+
+    rows = torch.randn(3, 5)
+    a = torch.tensor([0.0, 1.0, 3.0], requires_grad=True)
+    got = mixed_alpha_zero_loss(rows, rows.flip(1), a, torch.tensor([0, 1, 2]), 5, alpha_max=4.0)
+    torch.testing.assert_close(got, torch.tensor([0.0, -math.log(0.75), -math.log(0.25)]))  # -log(1 - a / 4)
+    got.sum().backward()
+    # Gradient descent lowers alpha wherever it is above 0, and harder the larger it is, whatever the rows.
+    assert 0 < a.grad[0] < a.grad[1] < a.grad[2]
+
+
 def test_router_trainer_uses_each_examples_loss():
     tok = char_tokenizer()
     base, reward = bigram_task(tok)
     examples = bigram_examples(4, seed=0)
     losses = {}
-    for kind in ("nll", "top1", "alpha_target", "alpha_decisive"):
+    for kind in ("nll", "top1", "alpha_target", "alpha_decisive", "alpha_zero"):
         torch.manual_seed(0)
         trainer = RouterTrainer(base, reward, tok, TopKRouter(len(tok), k=4, embed_dim=4, hidden=8),
                                 [(p, t, kind) for p, t in examples], config=quiet(max_steps=1, device="cpu"))
@@ -338,7 +350,7 @@ def test_router_trainer_uses_each_examples_loss():
         extra = {"alpha_max": trainer.router.alpha_max} if kind.startswith("alpha_") else {}
         want = LOSSES[kind](b, r, trainer.router(b, r, len(tok)), t, len(tok), **extra).sum().item()
         assert losses[kind] == pytest.approx(want, rel=1e-6)
-    assert len({round(v, 6) for v in losses.values()}) == 4
+    assert len({round(v, 6) for v in losses.values()}) == 5
     torch.manual_seed(0)
     scaled = RouterTrainer(base, reward, tok, TopKRouter(len(tok), k=4, embed_dim=4, hidden=8),
                            [(p, t, "top1") for p, t in examples], config=quiet(max_steps=1, device="cpu"),
@@ -349,7 +361,7 @@ def test_router_trainer_uses_each_examples_loss():
     assert want != pytest.approx(losses["top1"])
     with pytest.raises(ValueError, match="top1_scale must be > 0"):
         RouterTrainer(base, reward, tok, TopKRouter(len(tok), k=4), examples, top1_scale=0.0)
-    with pytest.raises(ValueError, match=r"examples\[0\]: loss must be one of \['alpha_decisive', 'alpha_target', 'nll', 'top1'\]"):
+    with pytest.raises(ValueError, match=r"examples\[0\]: loss must be one of \['alpha_decisive', 'alpha_target', 'alpha_zero', 'nll', 'top1'\]"):
         RouterTrainer(base, reward, tok, TopKRouter(len(tok), k=4), [(examples[0][0], examples[0][1], "mse")])
 
 

@@ -98,7 +98,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--domain-weight", type=_domain_weight, default=[], nargs="+", metavar="DOMAIN=W",
                    help="scale the loss of the training records of DOMAIN by W (default 1), e.g. correction=10")
     p.add_argument("--domain-loss", type=_domain_loss, default=[], nargs="+", metavar="DOMAIN=LOSS",
-                   help="train the records of DOMAIN on LOSS (nll, top1, alpha_target or alpha_decisive) instead of their own "
+                   help="train the records of DOMAIN on LOSS (nll, top1, alpha_target, alpha_decisive or alpha_zero) instead of their own "
                         "(a record's 'loss' field, nll when it has none), e.g. arithmetic=top1")
     p.add_argument("--top1-scale", type=positive_float, default=1.0, metavar="TAU",
                    help="the top1 loss's margin scale: sigmoid(margin / TAU) (default 1); a larger TAU keeps a "
