@@ -18,9 +18,11 @@ from taro_ext.training import recipe_data
 # full-logits router retrained with round 3's data (eighth session); "_whole" the likelihood parts rerun
 # on whole texts (tenth session: before, --max-length 384 cut long AlpacaEval outputs to their first 383
 # tokens and dropped their instruction, and cut 9 MedQA stems).
-ROUNDS = ("_round2", "_round3", "_full", "_whole")
+# "_round8": the round-8 router (twelfth session), scored on whole texts like "_whole".
+ROUNDS = ("_round2", "_round3", "_full", "_whole", "_round8")
 ROUND_NOTES = {"_full": "the retrained full-logits router, with GenARM 8 and the round-3 router rerun",
-               "_whole": "whole texts, nothing cut; supersedes the tables above, which scored cut texts"}
+               "_whole": "whole texts, nothing cut; supersedes the tables above, which scored cut texts",
+               "_round8": "the round-8 router, shipped now; whole texts, the base rerun"}
 # Fixed alphas added after the first run, in-domain only ("_genarm8": alpha 8, eighth session).
 ADDED_FIXED = ("_genarm8",)
 
