@@ -276,10 +276,8 @@ class RouterTrainer:
         if not isinstance(router, _RouterBase):
             raise TypeError(f"router must be a TopKRouter or FullLogitsRouter, got {type(router).__name__}")
         self.loss_fns = dict(LOSSES, top1=functools.partial(mixed_top1_loss, scale=scale),
-                             alpha_target=functools.partial(mixed_alpha_target_loss, alpha_max=router.alpha_max),
-                             alpha_decisive=functools.partial(mixed_alpha_target_loss, alpha_max=router.alpha_max,
-                                                              decisive_only=True),
-                             alpha_zero=functools.partial(mixed_alpha_zero_loss, alpha_max=router.alpha_max))
+                             **{name: functools.partial(LOSSES[name], alpha_max=router.alpha_max)
+                                for name in ("alpha_target", "alpha_decisive", "alpha_zero")})
         if config is not None and not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
         if cache is not None and not isinstance(cache, (str, os.PathLike)):
