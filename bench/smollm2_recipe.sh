@@ -53,9 +53,8 @@ ROUND3=(--examples "$OUT/data/router.jsonl" "$OUT/data/corrections.jsonl" "$OUT/
         --num-train 100000 --num-val 105 --domain-weight correction=30)
 # The shipped TopK router (round 8): on the arithmetic and correction rows alpha is regressed onto the
 # largest alpha whose greedy pick is the right token, on the tokens where alpha changes the pick only
-# (alpha_decisive); on the general rows onto 0 (alpha_zero), where the NLL had the router fit a tail of
-# training tokens that did not carry over to held-out text (bench/results/experiment_b_router_attempts.md,
-# rounds 6-8). The full-logits router, an evaluation baseline, keeps round 3's losses, as measured.
+# (alpha_decisive); on the general rows onto 0 (alpha_zero): under the NLL, weighting them more raised alpha
+# and NLL on held-out general text (bench/results/experiment_b_router_attempts.md, rounds 6-8). The full-logits router, an evaluation baseline, keeps round 3's losses, as measured.
 stage router_topk $PY -m taro_ext.cli train-router "${ROUTER_ARGS[@]}" "${ROUND3[@]}" --design topk \
   --domain-loss arithmetic=alpha_decisive correction=alpha_decisive general=alpha_zero --output "$OUT/router_topk"
 stage router_full $PY -m taro_ext.cli train-router "${ROUTER_ARGS[@]}" "${ROUND3[@]}" --design full --output "$OUT/router_full"
