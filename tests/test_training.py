@@ -506,6 +506,8 @@ def test_cli_trains_reward_then_router(tmp_path, capsys):
     assert "pair accuracy" in out and "held-out NLL per token" in out and "digit" in out
     log = json.loads((tmp_path / "router" / "train_log.json").read_text())
     assert len(log["history"]) == 2 and set(log["val"]["nll_fixed"]) == {"0.0", "0.25", "0.5", "1.0", "1.5", "2.0"}
+    # Without --init-alpha the router starts at alpha_max / 20 (--alpha-max defaults to 2), and the log says so.
+    assert log["args"]["init_alpha"] == pytest.approx(0.1)
     assert load_router(str(tmp_path / "router"), vocab_size=len(tok)).k == 4
 
 

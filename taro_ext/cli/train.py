@@ -85,8 +85,9 @@ def add_commands(subparsers) -> None:
     p.add_argument("--hidden", type=positive_int, default=64)
     p.add_argument("--alpha-max", type=float, default=2.0)
     p.add_argument("--init-alpha", type=float, default=None,
-                   help="alpha at the start of training (sets b2; default alpha_max / 2). A small value keeps the "
-                        "general rows from driving sigmoid(u) into saturation in the first steps")
+                   help="alpha at the start of training (sets b2; default alpha_max / 20, 0.2 at --alpha-max 4). "
+                        "Started near alpha_max / 2, the out-of-domain rows can drive sigmoid(u) into "
+                        "saturation in the first steps, and the router stays at alpha 0")
     p.add_argument("--cache", type=_cache_location, default=None,
                    help="keep the frozen models' logits: 'memory' or a directory (small sets)")
     p.add_argument("--cache-dtype", choices=("float32", "bfloat16"), default="float32",
@@ -260,12 +261,15 @@ def _domain_loss(text: str) -> tuple[str, str]:
 def _train_router(args) -> int:
     from ..router import FullLogitsRouter, TopKRouter
     from ..training import RouterTrainer, format_alpha_table
+    from ..training.router_training import INIT_ALPHA_FRACTION
     from ..training.distributed import distributed_context
     from ..training.recipe_data import read_examples, router_pairs
 
     import torch
 
-    if args.init_alpha is not None and not 0 < args.init_alpha < args.alpha_max:
+    if args.init_alpha is None:
+        args.init_alpha = args.alpha_max * INIT_ALPHA_FRACTION  # train_log.json records the start used
+    elif not 0 < args.init_alpha < args.alpha_max:
         raise CliError(f"--init-alpha must lie in (0, --alpha-max={args.alpha_max:g}), got {args.init_alpha:g}")
     config = _config(args)
     ctx = distributed_context(config.device)
@@ -297,8 +301,7 @@ def _train_router(args) -> int:
                             alpha_max=args.alpha_max)
     else:
         router = FullLogitsRouter(len(tokenizer), hidden=args.hidden, alpha_max=args.alpha_max)
-    if args.init_alpha is not None:
-        router.start_at_alpha(args.init_alpha)
+    router.start_at_alpha(args.init_alpha)
     trainer = RouterTrainer(base, reward, tokenizer, router, train, config=config, max_length=args.max_length,
                             cache=args.cache, cache_dtype=getattr(torch, args.cache_dtype),
                             weights=[domain_weights.get(r.get("domain"), 1.0) for r in records[:n_train]],

@@ -220,6 +220,7 @@ def train_world(cfg: ExperimentAConfig, data: dict) -> dict:
     from ..router import TopKRouter
     from ..tiny import char_tokenizer, tiny_llama
     from ..training import ArmTrainer, RouterTrainer, train_causal_lm
+    from ..training.router_training import INIT_ALPHA_FRACTION
 
     tok = char_tokenizer()
     times, logs = {}, {}
@@ -255,6 +256,9 @@ def train_world(cfg: ExperimentAConfig, data: dict) -> dict:
     start = _clock()
     router = TopKRouter(len(tok), k=cfg.router_k, embed_dim=cfg.router_embed_dim, hidden=cfg.router_hidden,
                         alpha_max=max(cfg.alpha_grid))
+    # Started at alpha_max / 2, 4 of 8 inits of seed 1's router fell to alpha = 0 everywhere (the
+    # make experiment-a run of 2026-12-08 among them); INIT_ALPHA_FRACTION says why.
+    router.start_at_alpha(router.alpha_max * INIT_ALPHA_FRACTION)
     examples = [(prompt_of(s), s.text + END) for s in data["problems"][:cfg.n_router] + data["stories"][:cfg.n_router]]
     trainer = RouterTrainer(base, reward, tok, router, examples,
                             config=_train_config(cfg, cfg.router_steps, cfg.router_learning_rate, 5), cache="memory")
