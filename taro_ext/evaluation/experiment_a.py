@@ -394,6 +394,8 @@ def _mean_sd(values) -> str:
 def summarise(runs: list[dict]) -> str:
     """Markdown: per base and domain, each method's accuracy and NLL (mean ± sd over seeds);
     the claims' figures; TARo's alpha by token class."""
+    from .stats import paired_difference_interval
+
     lines = []
     methods = list(runs[0]["small"]["in_domain"]["nll"])
     for base_name, title in (("small", "small base (the router's and reward model's own)"),
@@ -414,9 +416,14 @@ def summarise(runs: list[dict]) -> str:
         for r in runs:
             c = claims(r[base_name])
             i, o, p = c["in_domain"], c["out_of_domain"], c["alpha_partition"]
+            correct = r[base_name]["in_domain"]["correct"]
+            paired = "; ".join(
+                f"TARo - {ref}: {100 * (sum(correct['taro']) - sum(correct[ref])) / len(correct['taro']):+.1f} points "
+                + "[{:+.1f}, {:+.1f}]".format(*(100 * x for x in paired_difference_interval(correct["taro"], correct[ref])))
+                for ref in ("base", i["best_fixed"]))
             lines.append(
                 f"- seed {r['seed']}: in domain TARo {i['taro_acc']:.3f} vs base {i['base_acc']:.3f} vs best fixed "
-                f"({i['best_fixed']}) {i['best_fixed_acc']:.3f}; NLL TARo {i['taro_nll']:.4f} vs best fixed "
+                f"({i['best_fixed']}) {i['best_fixed_acc']:.3f} (paired, 95% bootstrap: {paired}); NLL TARo {i['taro_nll']:.4f} vs best fixed "
                 f"({i['best_fixed_by_nll']}) {i['best_fixed_nll']:.4f}. Out of domain (base / TARo / "
                 f"{i['best_fixed']}): accuracy {o['base_acc']:.3f} / {o['taro_acc']:.3f} / {o['best_fixed_acc']:.3f}, "
                 f"NLL {o['base_nll']:.4f} / {o['taro_nll']:.4f} / {o['best_fixed_nll']:.4f}. Mean alpha on "
