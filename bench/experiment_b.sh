@@ -10,6 +10,8 @@
 #   gsm8k       the hard set: GSM8K test (greedy; few methods, it is slow on CPU)
 #   alpaca_eval out of domain: per-token NLL of the AlpacaEval reference outputs (teacher-forced)
 #   medqa       out of domain: MedQA accuracy by option log-likelihood
+#   confirm     not in the default PARTS (about an hour on 2 cores): the confirmation set, 1000 fresh
+#               problems of seed 2026 (CONFIRM_LIMIT), base, GenARM 1/2/4/8, TARo, and the reward model alone
 # Settings come from the environment (defaults shown):
 #   PARTS="arithmetic arithmetic_router reward alpaca_eval medqa gsm8k" LIMIT=200 OOD_LIMIT=100 GSM8K_LIMIT=100
 #   MAX_NEW_TOKENS=128 FIXED_METHODS=base,genarm:0.25,genarm:0.5,genarm:1,genarm:2,genarm:4
@@ -24,6 +26,7 @@ PARTS=${PARTS:-arithmetic arithmetic_router reward alpaca_eval medqa gsm8k}
 LIMIT=${LIMIT:-200}
 OOD_LIMIT=${OOD_LIMIT:-100}
 GSM8K_LIMIT=${GSM8K_LIMIT:-100}
+CONFIRM_LIMIT=${CONFIRM_LIMIT:-1000}
 MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-128}
 REWARD=${REWARD:-taro_ext/assets/smollm2_reward}
 ROUTER=${ROUTER:-taro_ext/assets/smollm2_router}
@@ -50,6 +53,11 @@ for PART in $PARTS; do
                   --max-new-tokens 256 --batch-size 50 --out "$OUT" --stem gsm8k --no-progress ;;
     alpaca_eval|medqa) $PY -m taro_ext.cli eval-likelihood --task "$PART" --limit "$OOD_LIMIT" --methods "$METHODS" \
                   "${MODELS[@]}" --max-length 1024 --batch-size 4 --out "$OUT" --stem "$PART" --no-progress ;;
+    confirm)    $PY -m taro_ext.cli eval --task arithmetic --seed 2026 --limit "$CONFIRM_LIMIT" \
+                  --methods base,genarm:1,genarm:2,genarm:4,genarm:8,taro --base smollm2 --reward "$REWARD" --router "$ROUTER" --max-new-tokens "$MAX_NEW_TOKENS" \
+                  --batch-size 50 --out "$OUT" --stem confirm_seed2026 --no-progress
+                $PY -m taro_ext.cli eval --task arithmetic --seed 2026 --limit "$CONFIRM_LIMIT" --methods base --base "$REWARD" \
+                  --max-new-tokens "$MAX_NEW_TOKENS" --batch-size 50 --out "$OUT" --stem confirm_seed2026_reward_model --no-progress ;;
     *) echo "unknown part $PART"; exit 2 ;;
   esac
   echo "$(date -u +%FT%TZ) $PART limit=$LIMIT max_new_tokens=$MAX_NEW_TOKENS methods=$METHODS wall_s=$(( $(date +%s) - START ))" | tee -a "$OUT/run_log.txt"

@@ -25,6 +25,8 @@ ROUND_NOTES = {"_full": "the retrained full-logits router, with GenARM 8 and the
                "_round8": "the round-8 router, shipped now; whole texts, the base rerun"}
 # Fixed alphas added after the first run, in-domain only ("_genarm8": alpha 8, eighth session).
 ADDED_FIXED = ("_genarm8",)
+# The confirmation set's generator seed (thirteenth session): no recipe, development or test command draws from it.
+CONFIRM_SEED = 2026
 
 
 def _load(directory: str, stem: str):
@@ -58,9 +60,9 @@ def generation_section(results: list[dict], title: str) -> list[str]:
         top = max(summary[m]["accuracy"] for m in fixed)
         best = [m for m in fixed if summary[m]["accuracy"] == top]  # every fixed alpha tied for the best
         lines += ["", f"Best fixed alpha here: {', '.join(f'`{m}`' for m in best)}. Paired differences (95% bootstrap "
-                  "over items):", ""]
+                  "over items) against the base and every fixed alpha:", ""]
         for m in [x for x in summary if x.startswith("taro")]:
-            for ref in ["base"] + best:
+            for ref in ["base"] + fixed:
                 low, high = paired_difference_interval(correct[m], correct[ref])
                 diff = summary[m]["accuracy"] - summary[ref]["accuracy"]
                 lines.append(f"- `{m}` - `{ref}`: {100 * diff:+.1f} points [{100 * low:+.1f}, {100 * high:+.1f}]")
@@ -91,7 +93,7 @@ def overlap_section(results: list[dict], seed: int = 1234) -> list[str]:
     correct = {m: {r["id"]: r["correct"] for r in res["items"] if r["method"] == m}
                for res in results for m in res["methods"]}
     ids = [k for k in correct["base"] if k not in seen]
-    lines = [f"Held-out check: {len(seen)} of the {n} test questions are word for word questions the recipe trained "
+    lines = [f"Held-out check: {len(seen)} of the {n} questions here are word for word questions the recipe trained "
              f"on ({', '.join(sorted(seen, key=lambda k: int(k.split('-')[1])))}; seeds and counts: "
              f"{TRAINING_DRAWS}). Without them ({len(ids)} items):", ""]
     fixed = [m for m in correct if m.startswith("genarm:")]
@@ -113,28 +115,43 @@ def likelihood_section(result: dict, note: str = "") -> list[str]:
                       else f"{result['task']} by option log-likelihood") + note, "", markdown_table(result)]
 
 
-def main(directory: str) -> str:
-    lines = []
-    # The routers' rows are rerun when a router is retrained (arithmetic_router: taro and any fixed
-    # alpha added with it; arithmetic_roundN: the round-N router); a method of a later file replaces
-    # the same-named method of an earlier one (arithmetic: base and GenARM).
-    runs = [(stem, r) for stem in ("arithmetic", "arithmetic_router")
-            + tuple(f"arithmetic{s}" for s in ADDED_FIXED + ROUNDS) if (r := _load(directory, stem))]
-    if runs:
-        lines += generation_section([r for _, r in runs],
-                                    "In domain: graded arithmetic word problems (held-out seed 1234)")
+def in_domain_section(directory: str, stems: tuple, title: str, seed: int | None = None,
+                      reward_stem: str | None = None) -> list[str]:
+    """One generated-answer table over the files ``stems`` (a method of a later file replaces the
+    same-named method of an earlier one), the held-out check for the arithmetic sets (``seed``: the
+    generator seed of their problems) and the reward model decoding alone."""
+    runs = [(stem, r) for stem in stems if (r := _load(directory, stem))]
+    if not runs:
+        return []
+    lines = generation_section([r for _, r in runs], title)
+    if len(runs) > 1:
         lines += ["Rows from " + "; ".join(f"`{stem}.json` ({', '.join(r['methods'])})" for stem, r in runs)
                   + "; a method in a later file replaces the same method of an earlier one.", ""]
-        lines += overlap_section([r for _, r in runs])
-    reward = _load(directory, "arithmetic_reward_model")
+    if seed is not None:
+        lines += overlap_section([r for _, r in runs], seed)
+    reward = reward_stem and _load(directory, reward_stem)
     if reward:
         s = reward["summary"]["base"]
         lines += [f"The reward model decoding alone (greedy, as a base): accuracy {s['accuracy']:.3f} "
                   f"[{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}], by level "
                   + ", ".join(f"{lv}: {a:.2f}" for lv, a in s.get("accuracy_by_level", {}).items()) + ".", ""]
-    gsm8k = _load(directory, "gsm8k")
-    if gsm8k:
-        lines += generation_section([gsm8k], "The hard set: GSM8K test")
+    return lines
+
+
+def main(directory: str) -> str:
+    # The routers' rows are rerun when a router is retrained (arithmetic_router: taro and any fixed
+    # alpha added with it; arithmetic_roundN: the round-N router); a method of a later file replaces
+    # the same-named method of an earlier one (arithmetic: base and GenARM).
+    lines = in_domain_section(directory, ("arithmetic", "arithmetic_router")
+                              + tuple(f"arithmetic{s}" for s in ADDED_FIXED + ROUNDS),
+                              "In domain: graded arithmetic word problems (held-out seed 1234)", 1234,
+                              "arithmetic_reward_model")
+    # The confirmation set (thirteenth session): the shipped models once on 1,000 problems of a seed
+    # nothing had drawn from, by a rule written before (experiment_b_router_attempts.md).
+    lines += in_domain_section(directory, (f"confirm_seed{CONFIRM_SEED}",),
+                               f"Confirmation: fresh problems of seed {CONFIRM_SEED}, the shipped models decoded once",
+                               CONFIRM_SEED, f"confirm_seed{CONFIRM_SEED}_reward_model")
+    lines += in_domain_section(directory, ("gsm8k", "gsm8k_round8"), "The hard set: GSM8K test")
     for task in ("alpaca_eval", "medqa"):
         later = [(f"{task}{s}", f" ({ROUND_NOTES.get(s, s[1:].replace('round', 'round-') + ' router')})")
                  for s in ROUNDS]
