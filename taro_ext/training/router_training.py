@@ -275,7 +275,9 @@ class RouterTrainer:
     loss covers target tokens only (prompt and target are tokenised separately, as a decoder
     appends target tokens after the prompt's). ``weights`` (one per example, default 1) scale each
     example's tokens in the loss: the recipe's few correction rows are otherwise about 1% of them.
-    ``top1_scale`` is the ``top1`` loss's margin scale tau (module docstring)."""
+    ``top1_scale`` is the ``top1`` loss's margin scale tau (module docstring). The router trains from
+    the weights it has: start a new one small, ``router.start_at_alpha(router.alpha_max *
+    INIT_ALPHA_FRACTION)``, as ``taro-ext train-router`` and Experiment A do (why: ``INIT_ALPHA_FRACTION``)."""
 
     def __init__(self, base_model, reward_model, tokenizer, router, examples: Sequence[tuple[str, str]], *,
                  config: Optional[TrainConfig] = None, max_length: int = 1024, cache: Optional[str] = None,
