@@ -13,8 +13,11 @@ The engine's decode loop, in the manner of gpt-fast:
    last-position logits rows. Modes: ``taro`` (the router predicts alpha per token),
    ``genarm`` (fixed ``alpha``) and ``base`` (``alpha_override=0`` through the same step, and the
    reward model is not run), so the three modes share one token-picking rule and one random stream.
-4. Sampling draws one uniform per row per step from a ``torch.Generator`` seeded with ``seed`` on
-   the logits' device, so every backend picks the same tokens for the same seed.
+4. Sampling draws one uniform per prompt per step (``uniform_draws``) from ``torch.Generator`` objects
+   on the logits' device, so every backend picks the same tokens for the same seed. ``seed`` an int:
+   one stream for the batch, so a prompt's samples depend on its slot in the batch (the same prompt
+   twice gives two samples). ``seed`` a list, one per prompt: a stream per prompt, so a prompt's
+   samples depend on its own seed only, not on the other prompts or its slot.
 5. A row is finished at an EOS token or when its decoded text contains a stop string; the loop
    ends when every row is finished or after ``max_new_tokens`` steps. With the dynamic cache,
    finished rows are dropped from the batch (their cache rows, mask and positions), so a long
@@ -133,7 +136,7 @@ class GenerateArgs(NamedTuple):
     prompts: list[str]
     max_new_tokens: int
     temperature: float
-    seed: int
+    seed: int | list[int]
     stop: list[str]
     truncate_prompts: bool
 
@@ -147,7 +150,12 @@ def check_generate_args(prompts, max_new_tokens, temperature, seed, stop, trunca
     max_new_tokens = as_int("max_new_tokens", max_new_tokens, minimum=1)
     temperature = check_temperature(temperature)
     # torch.Generator.manual_seed takes [-2**63, 2**64); seeds are non-negative here.
-    seed = as_int("seed", seed, minimum=0, maximum=2 ** 64 - 1)
+    if isinstance(seed, Sequence) and not isinstance(seed, (str, bytes)):
+        if len(seed) != len(prompts):
+            raise ValueError(f"seed: a list of {len(seed)} seeds for {len(prompts)} prompts (one per prompt, or one int)")
+        seed = [as_int(f"seed[{i}]", s, minimum=0, maximum=2 ** 64 - 1) for i, s in enumerate(seed)]
+    else:
+        seed = as_int("seed", seed, minimum=0, maximum=2 ** 64 - 1)
     if stop is None:
         stop = []
     elif isinstance(stop, str):
@@ -158,6 +166,25 @@ def check_generate_args(prompts, max_new_tokens, temperature, seed, stop, trunca
         raise ValueError("stop strings must be non-empty")
     truncate_prompts = as_bool("truncate_prompts", truncate_prompts)
     return GenerateArgs(list(prompts), max_new_tokens, temperature, seed, list(stop), truncate_prompts)
+
+
+def uniform_draws(seed: int | list[int], batch: int, device) -> Callable[[list[int]], torch.Tensor]:
+    """``draw(rows)``: the sampling uniforms of one step for the prompts ``rows`` still decoded, one per
+    prompt per step. An int ``seed`` is one stream: each step takes ``batch`` draws whatever rows are
+    left, so a row's draws do not depend on when other rows finish. A list (one seed per prompt) is a
+    stream per prompt: a prompt's t-th token takes its own t-th draw."""
+    if isinstance(seed, int):
+        rng = torch.Generator(device=device).manual_seed(seed)
+
+        def draw(rows):
+            u = torch.rand(batch, generator=rng, device=device)
+            return u if len(rows) == batch else u[torch.tensor(rows, device=u.device)]
+    else:
+        rngs = [torch.Generator(device=device).manual_seed(s) for s in seed]
+
+        def draw(rows):
+            return torch.cat([torch.rand(1, generator=rngs[r], device=device) for r in rows])
+    return draw
 
 
 def fit_context(prompt_ids: list[list[int]], max_new_tokens: int, limit: Optional[int], limit_source: str,
@@ -266,7 +293,7 @@ class TaroGenerator:
     # --- generation ------------------------------------------------------------------------------
     @torch.inference_mode()
     def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 64, temperature: float = 0.0,
-                 seed: int = 0, stop: Optional[Sequence[str]] = None, chat: bool = False,
+                 seed: int | Sequence[int] = 0, stop: Optional[Sequence[str]] = None, chat: bool = False,
                  progress: Optional[Callable[[int, int], None]] = None,
                  truncate_prompts: bool = False) -> GenerationOutput:
         """Generate for a batch of prompts. ``progress(step, active_rows)`` is called after each step.
@@ -283,15 +310,8 @@ class TaroGenerator:
         batch = len(prompts)
         decoder = (_StaticDecoder(self, batch, ids.shape[1] + max_new_tokens) if self.cache == "static"
                    else _DynamicDecoder(self))
-        rng = torch.Generator(device=self.step_device).manual_seed(seed)
-
-        def draw(rows):
-            # One uniform per prompt per step, whatever rows are still decoded: a row's draws do not
-            # depend on when other rows finish, so both caches and every backend pick the same tokens.
-            if temperature == 0:
-                return None
-            u = torch.rand(batch, generator=rng, device=self.step_device)
-            return u if len(rows) == batch else u[torch.tensor(rows, device=u.device)]
+        # Both caches and every backend pick the same tokens: the draws follow the prompts, not the rows.
+        draw = uniform_draws(seed, batch, self.step_device) if temperature > 0 else lambda rows: None
 
         out_ids = [[] for _ in range(batch)]
         out_alpha = [[] for _ in range(batch)]

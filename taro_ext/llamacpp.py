@@ -16,9 +16,9 @@ every token. The decode loop:
 3. The picked tokens are fed to both contexts as the next batch. A finished row (EOS / end of
    generation token, or a stop string in its decoded text) is removed from both KV caches and
    from the batch.
-4. Sampling uses the same caller-seeded uniforms as ``TaroGenerator``: one ``torch.rand(B)``
-   draw per step from ``torch.Generator().manual_seed(seed)``, the rows still decoded taking
-   their own entries, so both engines pick the same token from the same distribution.
+4. Sampling uses the same caller-seeded uniforms as ``TaroGenerator`` (``generation.uniform_draws``, on
+   the CPU: one stream for an int ``seed``, one per prompt for a list), so both engines pick the same
+   token from the same distribution.
 
 Tokenisation, the chat template and detokenisation use the GGUF's own tokenizer (llama.cpp's).
 ``timings`` holds the seconds spent in llama.cpp's forwards and in the step during the last call.
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from .generation import (GenerationOutput, check_generate_args, check_mode_args, check_vocab_size, cut_at_stop,
-                         fit_context)
+                         fit_context, uniform_draws)
 from .router import _RouterBase
 from .step import StepResult, taro_step
 from .validate import as_int
@@ -336,7 +336,7 @@ class LlamaCppTaroGenerator:
     # --- generation ------------------------------------------------------------------------------
     @torch.inference_mode()
     def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 64, temperature: float = 0.0,
-                 seed: int = 0, stop: Optional[Sequence[str]] = None, chat: bool = False,
+                 seed: int | Sequence[int] = 0, stop: Optional[Sequence[str]] = None, chat: bool = False,
                  progress: Optional[Callable[[int, int], None]] = None,
                  truncate_prompts: bool = False) -> GenerationOutput:
         """Generate for a batch of prompts. ``progress(step, active_rows)`` is called after each step.
@@ -358,15 +358,8 @@ class LlamaCppTaroGenerator:
         n_prompt_tokens = sum(len(p) for p in prompt_ids)
         contexts = self._get_contexts(batch, n_ctx_seq, max(n_prompt_tokens, batch))
         llama_batch = _Batch(self.api, max(n_prompt_tokens, batch))
-        rng = torch.Generator().manual_seed(seed)
+        draw = uniform_draws(seed, batch, "cpu") if temperature > 0 else lambda rows: None
         timings = {"forward_s": 0.0, "step_s": 0.0, "steps": 0}
-
-        def draw(rows):
-            # One uniform per prompt per step whatever rows are still decoded (as TaroGenerator).
-            if temperature == 0:
-                return None
-            u = torch.rand(batch, generator=rng)
-            return u if len(rows) == batch else u[torch.tensor(rows)]
 
         def run(n_outputs, uniform, check_inputs):
             t0 = time.perf_counter()

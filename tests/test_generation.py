@@ -143,6 +143,23 @@ def test_sampling_is_reproducible_and_the_same_for_every_backend_and_cache(tiny)
         assert run(0, backend=backend, steps=steps) == [row[:steps] for row in first], backend
 
 
+def test_per_prompt_seeds_make_a_prompts_sample_independent_of_its_batch(tiny):
+    seeds = [11, 12, 13]
+
+    def run(prompts, seed, cache="dynamic"):
+        gen = TaroGenerator(tiny.base, tiny.reward, tiny.router, tiny.tok, backend="torch", cache=cache)
+        return gen.generate(prompts, max_new_tokens=STEPS, temperature=1.0, seed=seed).token_ids
+
+    batch = run(PROMPTS, seeds)
+    for i, prompt in enumerate(PROMPTS):
+        assert run([prompt], [seeds[i]]) == [batch[i]]  # alone, in slot 0, without padding
+    assert run(PROMPTS[::-1], seeds[::-1]) == batch[::-1]
+    assert run(PROMPTS, seeds, cache="static") == batch
+    # The same prompt twice with two seeds gives two samples.
+    twice = run([PROMPTS[0]] * 2, [1, 2])
+    assert twice[0] != twice[1]
+
+
 def test_stop_strings_and_eos_finish_rows_without_stalling_others(tiny, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -262,6 +279,10 @@ def test_bad_arguments_are_clear_errors(tiny):
     for seed, exc in ((2 ** 70, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError)):
         with pytest.raises(exc, match="seed"):
             gen.generate(PROMPTS, seed=seed)
+    with pytest.raises(ValueError, match=r"seed: a list of 2 seeds for 3 prompts"):
+        gen.generate(PROMPTS, seed=[1, 2])
+    with pytest.raises(ValueError, match=r"seed\[1\]"):
+        gen.generate(PROMPTS, seed=[1, -2, 3])
     for temperature in (1e-40, 1e39, float("nan")):
         with pytest.raises(ValueError, match="temperature"):
             gen.generate(PROMPTS, temperature=temperature)

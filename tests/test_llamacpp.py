@@ -144,6 +144,16 @@ def _generators(tiny, mode, **kwargs):
 
 
 @needs_llama_cpp
+def test_tiny_matches_taro_generator_with_per_prompt_seeds(tiny):
+    ours, ref = _generators(tiny, "taro")
+    got = ours.generate(PROMPTS, max_new_tokens=STEPS, temperature=1.0, seed=[5, 6, 7])
+    assert got.token_ids == ref.generate(PROMPTS, max_new_tokens=STEPS, temperature=1.0, seed=[5, 6, 7]).token_ids
+    # A prompt's sample does not depend on the other prompts of the batch.
+    alone = ours.generate(PROMPTS[1:2], max_new_tokens=STEPS, temperature=1.0, seed=[6])
+    assert alone.token_ids[0] == got.token_ids[1]
+
+
+@needs_llama_cpp
 def test_tokenizer_matches_transformers(tiny):
     ours, ref = _generators(tiny, "base")
     assert ours.encode(PROMPTS, chat=False) == ref.encode(PROMPTS, chat=False)
