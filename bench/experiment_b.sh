@@ -42,23 +42,29 @@ mkdir -p "$OUT"
 for PART in $PARTS; do
   START=$(date +%s)
   case $PART in
-    arithmetic) $PY -m taro_ext.cli eval --task arithmetic --limit "$LIMIT" --methods "$FIXED_METHODS" "${MODELS[@]}" \
+    arithmetic) DESC="limit=$LIMIT max_new_tokens=$MAX_NEW_TOKENS methods=$FIXED_METHODS"
+                $PY -m taro_ext.cli eval --task arithmetic --limit "$LIMIT" --methods "$FIXED_METHODS" "${MODELS[@]}" \
                   --max-new-tokens "$MAX_NEW_TOKENS" --batch-size 50 --out "$OUT" --stem arithmetic --no-progress ;;
-    arithmetic_router) $PY -m taro_ext.cli eval --task arithmetic --limit "$LIMIT" --methods "$ROUTER_METHODS" \
+    arithmetic_router) DESC="limit=$LIMIT max_new_tokens=$MAX_NEW_TOKENS methods=$ROUTER_METHODS"
+                $PY -m taro_ext.cli eval --task arithmetic --limit "$LIMIT" --methods "$ROUTER_METHODS" \
                   "${MODELS[@]}" --max-new-tokens "$MAX_NEW_TOKENS" --batch-size 50 --out "$OUT" --stem arithmetic_router \
                   --no-progress ;;
-    reward)     $PY -m taro_ext.cli eval --task arithmetic --limit "$LIMIT" --methods base --base "$REWARD" \
+    reward)     DESC="limit=$LIMIT max_new_tokens=$MAX_NEW_TOKENS methods=base (the reward model)"
+                $PY -m taro_ext.cli eval --task arithmetic --limit "$LIMIT" --methods base --base "$REWARD" \
                   --max-new-tokens "$MAX_NEW_TOKENS" --batch-size 50 --out "$OUT" --stem arithmetic_reward_model --no-progress ;;
-    gsm8k)      $PY -m taro_ext.cli eval --task gsm8k --limit "$GSM8K_LIMIT" --methods "$GSM8K_METHODS" "${MODELS[@]}" \
+    gsm8k)      DESC="limit=$GSM8K_LIMIT max_new_tokens=256 methods=$GSM8K_METHODS"
+                $PY -m taro_ext.cli eval --task gsm8k --limit "$GSM8K_LIMIT" --methods "$GSM8K_METHODS" "${MODELS[@]}" \
                   --max-new-tokens 256 --batch-size 50 --out "$OUT" --stem gsm8k --no-progress ;;
-    alpaca_eval|medqa) $PY -m taro_ext.cli eval-likelihood --task "$PART" --limit "$OOD_LIMIT" --methods "$METHODS" \
+    alpaca_eval|medqa) DESC="limit=$OOD_LIMIT max_length=1024 methods=$METHODS"
+                $PY -m taro_ext.cli eval-likelihood --task "$PART" --limit "$OOD_LIMIT" --methods "$METHODS" \
                   "${MODELS[@]}" --max-length 1024 --batch-size 4 --out "$OUT" --stem "$PART" --no-progress ;;
-    confirm)    $PY -m taro_ext.cli eval --task arithmetic --seed 2026 --limit "$CONFIRM_LIMIT" \
+    confirm)    DESC="limit=$CONFIRM_LIMIT seed=2026 max_new_tokens=$MAX_NEW_TOKENS methods=base,genarm:1,genarm:2,genarm:4,genarm:8,taro + the reward model"
+                $PY -m taro_ext.cli eval --task arithmetic --seed 2026 --limit "$CONFIRM_LIMIT" \
                   --methods base,genarm:1,genarm:2,genarm:4,genarm:8,taro --base smollm2 --reward "$REWARD" --router "$ROUTER" --max-new-tokens "$MAX_NEW_TOKENS" \
                   --batch-size 50 --out "$OUT" --stem confirm_seed2026 --no-progress
                 $PY -m taro_ext.cli eval --task arithmetic --seed 2026 --limit "$CONFIRM_LIMIT" --methods base --base "$REWARD" \
                   --max-new-tokens "$MAX_NEW_TOKENS" --batch-size 50 --out "$OUT" --stem confirm_seed2026_reward_model --no-progress ;;
     *) echo "unknown part $PART"; exit 2 ;;
   esac
-  echo "$(date -u +%FT%TZ) $PART limit=$LIMIT max_new_tokens=$MAX_NEW_TOKENS methods=$METHODS wall_s=$(( $(date +%s) - START ))" | tee -a "$OUT/run_log.txt"
+  echo "$(date -u +%FT%TZ) $PART $DESC wall_s=$(( $(date +%s) - START ))" | tee -a "$OUT/run_log.txt"
 done

@@ -111,3 +111,7 @@ def test_eval_cli_end_to_end(tiny_setup, tmp_path):
         saved = json.load(f)
     assert saved["methods"] == ["base", "genarm:2", "taro"] and saved["config"]["limit"] == 2
     assert main(["eval", "--task", "synthetic", "--methods", "taro", "--base", str(tmp_path / "base")]) == 2
+    # A router given for a method not asked for is not read (here: no such directory).
+    assert main(["eval", "--task", "synthetic", "--limit", "1", "--methods", "base", "--base", str(tmp_path / "base"),
+                 "--full-router", str(tmp_path / "no_router"), "--max-new-tokens", "2", "--no-chat",
+                 "--backend", "torch", "--out", str(out), "--no-progress"]) == 0

@@ -66,6 +66,15 @@ def _router_dirs(args) -> dict:
     return {"taro": args.router, "taro-full": args.full_router}
 
 
+def _load_routers(methods, args, map_location="cpu") -> dict:
+    """The routers the methods use, by method name: a router directory given for a method not asked
+    for is not read (a script passing both routers can run the base and GenARM alone)."""
+    from ..router import load_router
+
+    dirs = _router_dirs(args)
+    return {m.name: load_router(dirs[m.name], map_location=map_location) for m in methods if m.mode == "taro"}
+
+
 def _check_models_given(methods, args) -> None:
     """Before minutes of model loading: every method has the models it needs."""
     if any(m.mode != "base" for m in methods) and args.reward is None:
@@ -81,7 +90,6 @@ def _run_eval(args) -> int:
     from ..evaluation.datasets import EVAL_SEED, load_items
     from ..evaluation.harness import markdown_table, parse_methods, run_methods, write_report
     from ..models import load_model
-    from ..router import load_router
 
     if args.seed is not None and args.task not in ("arithmetic", "synthetic"):
         raise CliError(f"--seed is for the generated tasks (arithmetic, synthetic); {args.task} reads a file")
@@ -92,10 +100,9 @@ def _run_eval(args) -> int:
     items = load_items(args.task, args.data, args.limit, synthetic_seed=EVAL_SEED if args.seed is None else args.seed)
     base, tokenizer = load_model(args.base, dtype=dtype, device=device)
     reward = load_model(args.reward, dtype=dtype, device=device)[0] if args.reward else None
-    router = load_router(args.router, map_location=device) if args.router else None
-    full_router = load_router(args.full_router, map_location=device) if args.full_router else None
-    results = run_methods(args.task, items, methods, base_model=base, reward_model=reward, router=router,
-                          full_router=full_router,
+    routers = _load_routers(methods, args, device)
+    results = run_methods(args.task, items, methods, base_model=base, reward_model=reward, router=routers.get("taro"),
+                          full_router=routers.get("taro-full"),
                           tokenizer=tokenizer, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                           chat=not args.no_chat, backend=args.backend, stop=args.stop,
                           progress=not args.no_progress)
@@ -116,13 +123,12 @@ def _run_likelihood(args) -> int:
     from ..evaluation.datasets import default_path
     from ..evaluation.harness import machine_description, parse_methods
     from ..models import load_model
-    from ..router import load_router
 
     methods = parse_methods(args.methods)
     _check_models_given(methods, args)
     base, tokenizer = load_model(args.base)
     reward = load_model(args.reward)[0] if args.reward else None
-    routers = {name: load_router(d) if d else None for name, d in _router_dirs(args).items()}
+    routers = _load_routers(methods, args)
     records = read_records(args.data or default_path(args.task))[:args.limit]
     if args.task == "alpaca_eval":
         score, rows = likelihood.alpaca_nll, [{k: r.text(k) for k in ("instruction", "output")} for r in records]
