@@ -27,6 +27,7 @@ LIMIT=${LIMIT:-200}
 OOD_LIMIT=${OOD_LIMIT:-100}
 GSM8K_LIMIT=${GSM8K_LIMIT:-100}
 CONFIRM_LIMIT=${CONFIRM_LIMIT:-1000}
+CONFIRM_METHODS=base,genarm:1,genarm:2,genarm:4,genarm:8,taro
 MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-128}
 REWARD=${REWARD:-taro_ext/assets/smollm2_reward}
 ROUTER=${ROUTER:-taro_ext/assets/smollm2_router}
@@ -58,10 +59,10 @@ for PART in $PARTS; do
     alpaca_eval|medqa) DESC="limit=$OOD_LIMIT max_length=1024 methods=$METHODS"
                 $PY -m taro_ext.cli eval-likelihood --task "$PART" --limit "$OOD_LIMIT" --methods "$METHODS" \
                   "${MODELS[@]}" --max-length 1024 --batch-size 4 --out "$OUT" --stem "$PART" --no-progress ;;
-    confirm)    DESC="limit=$CONFIRM_LIMIT seed=2026 max_new_tokens=$MAX_NEW_TOKENS methods=base,genarm:1,genarm:2,genarm:4,genarm:8,taro + the reward model"
-                $PY -m taro_ext.cli eval --task arithmetic --seed 2026 --limit "$CONFIRM_LIMIT" \
-                  --methods base,genarm:1,genarm:2,genarm:4,genarm:8,taro --base smollm2 --reward "$REWARD" --router "$ROUTER" --max-new-tokens "$MAX_NEW_TOKENS" \
-                  --batch-size 50 --out "$OUT" --stem confirm_seed2026 --no-progress
+    confirm)    DESC="limit=$CONFIRM_LIMIT seed=2026 max_new_tokens=$MAX_NEW_TOKENS methods=$CONFIRM_METHODS + the reward model"
+                $PY -m taro_ext.cli eval --task arithmetic --seed 2026 --limit "$CONFIRM_LIMIT" --methods "$CONFIRM_METHODS" \
+                  "${MODELS[@]}" --max-new-tokens "$MAX_NEW_TOKENS" --batch-size 50 --out "$OUT" --stem confirm_seed2026 \
+                  --no-progress
                 $PY -m taro_ext.cli eval --task arithmetic --seed 2026 --limit "$CONFIRM_LIMIT" --methods base --base "$REWARD" \
                   --max-new-tokens "$MAX_NEW_TOKENS" --batch-size 50 --out "$OUT" --stem confirm_seed2026_reward_model --no-progress ;;
     *) echo "unknown part $PART"; exit 2 ;;
